@@ -1,0 +1,37 @@
+# make run    install requirements.txt into .venv, start the app
+# make test   install requirements-test.txt into .venv, run the tests
+# make bench  install requirements.txt into .venv, run the decoder benchmark
+#
+# .venv is created with `python3 -m venv` when missing.  A stamp file per requirement set records
+# the last install, so pip only runs again when a requirements file changes.
+# PIP_FLAGS passes extra options to pip (e.g. an --extra-index-url for CPU torch wheels).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?=
+
+RUN_STAMP := $(VENV)/.make-run
+TEST_STAMP := $(VENV)/.make-test
+
+.PHONY: run test bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
+	touch $@
+
+$(TEST_STAMP): requirements.txt requirements-test.txt | $(PY)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-test.txt
+	touch $@
+
+run: $(RUN_STAMP)
+	$(PY) -m app
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(RUN_STAMP)
+	$(PY) bench/decoder.py

@@ -1,0 +1,217 @@
+"""Loading NemotronH decoders from released or `save_pretrained` checkpoints.
+
+This is the one place that maps checkpoint names to model names. The model's modules are
+named as the released checkpoints name them, so the mapping is only about prefixes:
+
+    text checkpoint (NemotronHForCausalLM)   backbone.* / lm_head.weight / mtp.*
+    Omni or VL checkpoint                     language_model.backbone.* / language_model.lm_head.weight /
+                                              language_model.mtp.*   (other towers are not the decoder's)
+
+Safetensors only, single file or sharded with `model.safetensors.index.json`. Each file's
+header is parsed and checked here (sizes, offsets, dtypes) before anything is allocated, then
+the file is memory-mapped and tensors are views into the mapping: weights in the checkpoint's
+dtype cost no copy, and converted ones release their source pages as they go, so peak memory
+stays near the size of the weights. A missing, unexpected or mis-shaped tensor is an error that
+names the key and the shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import DecoderConfig
+from .model import NemotronH
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MAX_HEADER = 100 << 20          # a header larger than this is not a real checkpoint's
+_KEEP_FP32 = ("gate.weight", "gate.e_score_correction_bias")  # the router runs in fp32
+
+
+class LoadError(ValueError):
+    """A checkpoint that cannot be loaded: says which file, which key and why."""
+
+
+class SafetensorsFile:
+    """A memory-mapped .safetensors file with a validated header."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise LoadError(f"{path}: too short to be a safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(_MAX_HEADER, size - 8):
+                raise LoadError(f"{path}: header length {n} does not fit the file ({size} bytes); not safetensors?")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise LoadError(f"{path}: header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise LoadError(f"{path}: header is not a JSON object")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, e in header.items():
+            try:
+                dtype_name, shape, (start, end) = e["dtype"], e["shape"], e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise LoadError(f"{path}: tensor {key!r} has a malformed header entry {e!r}") from None
+            if dtype_name not in _DTYPES:
+                raise LoadError(f"{path}: tensor {key!r} has dtype {dtype_name}, which this loader does not "
+                                f"read (supported: {', '.join(_DTYPES)}); FP8/FP4 checkpoints need the BF16 release")
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise LoadError(f"{path}: tensor {key!r} has an invalid shape {shape!r}")
+            dtype = _DTYPES[dtype_name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len
+                    and end - start == nbytes):
+                raise LoadError(f"{path}: tensor {key!r} claims bytes {start}..{end} for shape {shape} "
+                                f"{dtype_name} ({nbytes} bytes) in {data_len} bytes of data")
+            self.entries[key] = (dtype, tuple(shape), start, end)
+        self._mm = None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][1]
+
+    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `key`, as a view into the mapping when no conversion is needed."""
+        src_dtype, shape, start, end = self.entries[key]
+        if self._mm is None:
+            with open(self.path, "rb") as f:   # copy-on-write: writable tensors, the file never changes
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        offset = self.data_start + start
+        count = (end - start) // src_dtype.itemsize
+        if count == 0:
+            return torch.empty(shape, dtype=dtype or src_dtype)
+        if offset % src_dtype.itemsize:   # misaligned: copy the bytes
+            t = torch.frombuffer(bytearray(self._mm[offset:offset + end - start]), dtype=src_dtype)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = torch.frombuffer(self._mm, dtype=src_dtype, count=count, offset=offset)
+        t = t.view(shape)
+        if dtype is not None and dtype != src_dtype:
+            t = t.to(dtype)
+            self._release(offset, end - start)
+        return t
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop the mapped source pages of a converted tensor from memory (they are clean copies
+        of the file, so the kernel can re-read them if ever touched again)."""
+        page = mmap.PAGESIZE
+        lo, hi = -(-offset // page) * page, (offset + length) // page * page
+        if hi > lo and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def open_checkpoint(model_dir: str | Path) -> dict[str, SafetensorsFile]:
+    """Every tensor key of a checkpoint folder -> the file that holds it."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise LoadError(f"{index}: not a safetensors index ({e})") from None
+        files: dict[str, SafetensorsFile] = {}
+        out = {}
+        for key, name in weight_map.items():
+            if os.path.basename(name) != name or not name.endswith(".safetensors"):
+                raise LoadError(f"{index}: shard name {name!r} for {key!r} must be a .safetensors file in the folder")
+            if name not in files:
+                if not (model_dir / name).exists():
+                    raise LoadError(f"{index}: shard {name} (holding {key!r}) is missing from {model_dir}")
+                files[name] = SafetensorsFile(model_dir / name)
+            if key not in files[name].entries:
+                raise LoadError(f"{index}: says {key!r} is in {name}, but that file does not hold it")
+            out[key] = files[name]
+        return out
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        f = SafetensorsFile(single)
+        return {k: f for k in f.entries}
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
+        raise LoadError(f"{model_dir}: only pickle weights (.bin/.pt) found; omnistream loads safetensors only")
+    raise LoadError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def decoder_prefix(raw_config: dict) -> str:
+    """Where the decoder's tensors live: under `language_model.` in Omni / VL checkpoints."""
+    return "language_model." if ("text_config" in raw_config or "llm_config" in raw_config) else ""
+
+
+def checkpoint_dtype(raw: dict) -> torch.dtype | None:
+    for d in (raw.get("text_config"), raw.get("llm_config"), raw):
+        if isinstance(d, dict):
+            name = d.get("dtype") or d.get("torch_dtype")
+            if isinstance(name, str) and hasattr(torch, name.replace("torch.", "")):
+                return getattr(torch, name.replace("torch.", ""))
+    return None
+
+
+def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu",
+                 mtp: bool = True) -> NemotronH:
+    """The NemotronH decoder of a text or Omni checkpoint folder, ready for inference.
+
+    dtype: the compute dtype (default: the checkpoint's). mtp: load the MTP layers if present.
+    """
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise LoadError(f"{model_dir}: no config.json; point --model at a checkpoint folder") from None
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg = DecoderConfig.from_dict(raw, source=str(cfg_path))
+    if not mtp and cfg.num_nextn_predict_layers:
+        from dataclasses import replace
+        cfg = replace(cfg, num_nextn_predict_layers=0)
+    tensors = open_checkpoint(model_dir)
+    prefix = decoder_prefix(raw)
+    dtype = dtype or checkpoint_dtype(raw) or next(iter(tensors.values())).entries[next(iter(tensors))][0]
+
+    with torch.device("meta"):
+        model = NemotronH(cfg)
+    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+    ours = {}
+    for key in tensors:
+        if not key.startswith(prefix):
+            continue                       # another tower of an Omni checkpoint
+        name = key[len(prefix):]
+        if name.startswith("mtp.") and not cfg.num_nextn_predict_layers and not mtp:
+            continue                       # MTP weights present but not wanted
+        if name not in expected:
+            raise LoadError(f"{model_dir}: unexpected tensor {key!r} with shape {list(tensors[key].shape(key))} "
+                            f"(the config {cfg_path.name} describes no such weight)")
+        ours[name] = key
+    for name, shape in expected.items():
+        if name not in ours:
+            raise LoadError(f"{model_dir}: missing tensor {prefix + name!r} (expected shape {list(shape)})")
+        got = tensors[ours[name]].shape(ours[name])
+        if got != shape:
+            raise LoadError(f"{model_dir}: tensor {ours[name]!r} has shape {list(got)}, the config expects {list(shape)}")
+
+    state = {}
+    for name, key in ours.items():
+        want = torch.float32 if name.endswith(_KEEP_FP32) else dtype
+        t = tensors[key].tensor(key, want)
+        state[name] = t if device == "cpu" else t.to(device)
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,339 @@
+"""NemotronH: the hybrid Mamba2 / attention / MLP / MoE decoder of Nemotron 3, in plain PyTorch.
+
+Read top to bottom: norms, the four mixers, the pre-norm residual block, the multi-token
+prediction (MTP) block, and the model. Module names mirror the released checkpoint names
+(`backbone.layers.3.mixer.in_proj.weight` is `model.backbone.layers[3].mixer.in_proj.weight`),
+so loading needs no renaming beyond the prefixes handled in `loader.py`.
+
+Every forward reads and updates a `State` (engine/state.py): Mamba layers carry their conv and
+SSM states, attention layers append to their KV cache. There is no position encoding: position
+lives in the Mamba state and the causal mask, so a state plus new tokens is all the model
+needs to continue a stream, in pieces of any size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.mamba import causal_conv1d, ssd_chunked, ssd_step
+from kernels.moe import grouped_experts, route
+
+from .config import ATTENTION, MAMBA, MLP as MLP_KIND, MOE, DecoderConfig
+from .state import State
+
+
+class RMSNorm(nn.Module):
+    """Variance in fp32, weight multiplied in fp32, result cast back to the input dtype."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * xf).to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba2's output norm: y * silu(z), then RMSNorm over groups of channels (all in fp32)."""
+
+    def __init__(self, size: int, group_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y, z):
+        y = y.float() * F.silu(z.float())
+        g = y.view(*y.shape[:-1], -1, self.group_size)
+        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.eps)
+        return self.weight.float() * g.view_as(y)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, d_inner, conv_dim = cfg.mamba_num_heads, cfg.mamba_d_inner, cfg.mamba_conv_dim
+        self.in_proj = nn.Linear(cfg.hidden_size, d_inner + conv_dim + h, bias=cfg.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.conv_kernel, groups=conv_dim, bias=cfg.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(h))
+        self.A_log = nn.Parameter(torch.zeros(h))
+        self.D = nn.Parameter(torch.ones(h))
+        self.norm = GatedRMSNorm(d_inner, d_inner // cfg.n_groups, cfg.layer_norm_epsilon)
+        self.out_proj = nn.Linear(d_inner, cfg.hidden_size, bias=cfg.mamba_proj_bias)
+
+    def forward(self, x, state: State, i: int):
+        cfg = self.cfg
+        b, T, _ = x.shape
+        h, p, g, n = cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state_size
+        z, xBC, dt = self.in_proj(x).split([cfg.mamba_d_inner, cfg.mamba_conv_dim, h], dim=-1)
+        conv_input = torch.cat([state.conv[i], xBC.transpose(1, 2)], dim=2) if state.record is not None else None
+        xBC, state.conv[i] = causal_conv1d(xBC, state.conv[i], self.conv1d.weight, self.conv1d.bias)
+        xs, B, C = xBC.split([cfg.mamba_d_inner, g * n, g * n], dim=-1)
+        lo, hi = cfg.time_step_limit
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        if lo > 0 or hi < math.inf:
+            dt = dt.clamp(lo, hi)
+        A = -torch.exp(self.A_log.float())
+        D = self.D.float()
+        if T == 1 or state.record is not None:
+            # Decode, or verifying draft tokens: step by step, keeping each step's state.
+            ys, states = [], []
+            for t in range(T):
+                ys.append(ssd_step(state.ssm[i], xs[:, t].view(b, h, p), dt[:, t], A,
+                                   B[:, t].view(b, g, n), C[:, t].view(b, g, n), D))
+                if state.record is not None:
+                    states.append(state.ssm[i].clone())
+            y = torch.stack(ys, dim=1)
+            if state.record is not None:
+                state.record[i] = (conv_input, states)
+        else:
+            y, state.ssm[i] = ssd_chunked(xs.view(b, T, h, p), dt, A, B.view(b, T, g, n), C.view(b, T, g, n), D,
+                                          state.ssm[i], cfg.chunk_size)
+        y = self.norm(y.reshape(b, T, -1), z)
+        return self.out_proj(y.to(x.dtype))
+
+
+class Attention(nn.Module):
+    """Causal GQA over the session's KV cache; no position encoding, scale head_dim ** -0.5."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, Hkv, D, bias = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=bias)
+        self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=bias)
+
+    def forward(self, x, state: State, i: int):
+        cfg = self.cfg
+        b, T, _ = x.shape
+        H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = self.q_proj(x).view(b, T, H, D).transpose(1, 2)
+        k = self.k_proj(x).view(b, T, Hkv, D).transpose(1, 2)
+        v = self.v_proj(x).view(b, T, Hkv, D).transpose(1, 2)
+        offsets = [n - state.prefix_length for n in state.lengths]   # own positions before this call
+        K, V = state.k[i], state.v[i]
+        o = offsets[0]
+        ragged = any(x != o for x in offsets)
+        if ragged:   # rows of different lengths decode one token each
+            assert T == 1, "rows of different lengths can only decode one token at a time"
+            rows, cols = torch.arange(b), torch.tensor(offsets)
+            K[rows, :, cols], V[rows, :, cols] = k[:, :, 0], v[:, :, 0]
+        else:
+            K[:, :, o:o + T], V[:, :, o:o + T] = k, v
+        Lk = max(offsets) + T
+        keys, values = K[:, :, :Lk], V[:, :, :Lk]
+        if state.prefix:
+            out = _attend_segments(q, [s.kv[i] for s in state.prefix] + [(keys, values)], o)
+        else:
+            if ragged:
+                mask = (torch.arange(Lk) < torch.tensor(offsets)[:, None] + 1)[:, None, None, :]
+            elif T == 1:
+                mask = None
+            else:
+                mask = torch.arange(Lk)[None, :] <= (o + torch.arange(T))[:, None]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask.to(q.device),
+                                                 enable_gqa=H != Hkv)
+        return self.o_proj(out.transpose(1, 2).reshape(b, T, H * D))
+
+
+def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 26):
+    """Attention of q (1, H, T, D) over read-only prefix segments then the own cache, whose
+    first `own_offset` positions are old and last T are q's own (causal). Softmax over the
+    concatenated scores, so it equals attention over the concatenated keys."""
+    b, H, T, D = q.shape
+    Hkv = segments[0][0].shape[1]
+    r = H // Hkv
+    total = sum(k.shape[2] for k, _ in segments)
+    step = max(1, max_scores // max(1, H * total))
+    outs = []
+    for t0 in range(0, T, step):   # bound the score matrix on long prefills
+        t1 = min(T, t0 + step)
+        qg = q[:, :, t0:t1].reshape(b, Hkv, r * (t1 - t0), D) * D ** -0.5
+        scores = [torch.matmul(qg, k.transpose(-1, -2)) for k, _ in segments]
+        own_len = segments[-1][0].shape[2]
+        t_idx = torch.arange(t0, t1).repeat(r)                      # query row -> its position in T
+        causal = torch.arange(own_len)[None, :] <= (own_offset + t_idx)[:, None]
+        scores[-1] = scores[-1].masked_fill(~causal.to(q.device), float("-inf"))
+        probs = torch.softmax(torch.cat(scores, dim=-1).float(), dim=-1).to(q.dtype)
+        out, start = 0, 0
+        for k, v in segments:
+            out = out + torch.matmul(probs[..., start:start + k.shape[2]], v)
+            start += k.shape[2]
+        outs.append(out.view(b, Hkv * r, t1 - t0, D))
+    return torch.cat(outs, dim=2)
+
+
+class MLP(nn.Module):
+    """down(relu(up(x)) ** 2): NemotronH's MLP and each of its experts (no gate projection)."""
+
+    def __init__(self, hidden: int, inner: int, bias: bool = False):
+        super().__init__()
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x, state=None, i=None):
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cfg.n_routed_experts, cfg.hidden_size))
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts))
+
+
+class MoE(nn.Module):
+    """Routed experts (optionally in a latent space, LatentMoE) plus a shared expert."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        width = cfg.moe_latent_size or cfg.hidden_size
+        self.gate = Router(cfg)
+        self.experts = nn.ModuleList(MLP(width, cfg.moe_intermediate_size)   # experts carry no bias
+                                     for _ in range(cfg.n_routed_experts))
+        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_shared_expert_intermediate_size, cfg.mlp_bias)
+        if cfg.moe_latent_size:
+            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
+            self.fc2_latent_proj = nn.Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x, state=None, i=None):
+        cfg = self.cfg
+        flat = x.reshape(-1, x.shape[-1])
+        logits = F.linear(flat.float(), self.gate.weight.float())
+        ids, weights = route(logits, self.gate.e_score_correction_bias.float(), cfg.num_experts_per_tok,
+                             cfg.n_group, cfg.topk_group, cfg.norm_topk_prob, cfg.routed_scaling_factor)
+        h = self.fc1_latent_proj(flat) if cfg.moe_latent_size else flat
+        h = grouped_experts(h, ids, weights, [e.up_proj.weight for e in self.experts],
+                            [e.down_proj.weight for e in self.experts]).to(x.dtype)
+        if cfg.moe_latent_size:
+            h = self.fc2_latent_proj(h)
+        return h.view_as(x) + self.shared_experts(x)
+
+
+MIXERS = {MAMBA: Mamba2Mixer, ATTENTION: Attention, MLP_KIND: lambda c: MLP(c.hidden_size, c.intermediate_size, c.mlp_bias),
+          MOE: MoE}
+
+
+class Block(nn.Module):
+    """h + mixer(RMSNorm(h))."""
+
+    def __init__(self, cfg: DecoderConfig, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+        self.mixer = MIXERS[kind](cfg)
+
+    def forward(self, h, state: State, i: int):
+        return h + self.mixer(self.norm(h), state, i)
+
+
+class MTPBlock(Block):
+    """A layer of the MTP head. The first layer of a step fuses the next token's embedding with
+    the model's hidden state, `eh_proj(cat[enorm(embed), hnorm(hidden)])`; the last ends with
+    `final_layernorm`."""
+
+    def __init__(self, cfg: DecoderConfig, kind: str, first: bool, last: bool):
+        super().__init__(cfg, kind)
+        if first:
+            self.enorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+            self.hnorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+            self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        if last:
+            self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+        self.first, self.last = first, last
+
+    def forward(self, h, state: State, i: int, embeds=None):
+        if self.first:
+            h = self.eh_proj(torch.cat([self.enorm(embeds), self.hnorm(h)], dim=-1))
+        h = super().forward(h, state, i)
+        return self.final_layernorm(h) if self.last else h
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.pattern)
+        self.norm_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+
+
+class MTP(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        step = len(cfg.mtp_pattern)
+        self.layers = nn.ModuleList(
+            MTPBlock(cfg, kind, first=j % step == 0, last=j % step == step - 1)
+            for j, kind in enumerate(cfg.mtp_layer_pattern))
+
+
+@dataclass
+class Output:
+    hidden: torch.Tensor          # (b, T, H), after norm_f
+    logits: torch.Tensor | None   # (b, T or 1, vocab), fp32
+
+
+class NemotronH(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.num_nextn_predict_layers:
+            self.mtp = MTP(cfg)
+
+    @property
+    def dtype(self):
+        return self.backbone.embeddings.weight.dtype
+
+    @property
+    def device(self):
+        return self.backbone.embeddings.weight.device
+
+    def new_state(self, batch: int = 1) -> State:
+        return State.empty(self.cfg.pattern, self.cfg, batch, self.dtype, self.device)
+
+    def new_mtp_state(self, batch: int = 1) -> State:
+        return State.empty(self.cfg.mtp_pattern, self.cfg, batch, self.dtype, self.device)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embeddings(ids)
+
+    @torch.inference_mode()
+    def forward(self, state: State, input_ids=None, inputs_embeds=None, logits: str = "last") -> Output:
+        """Append tokens (ids (b, T) or embeddings (b, T, H)) to `state`; logits "last", "all" or "none"."""
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        T = h.shape[1]
+        state.reserve(T)
+        for i, layer in enumerate(self.backbone.layers):
+            h = layer(h, state, i)
+        state.advance(T)
+        h = self.backbone.norm_f(h)
+        return Output(h, self.logits(h, logits))
+
+    def logits(self, h, which: str = "last"):
+        if which == "none":
+            return None
+        return self.lm_head(h[:, -1:] if which == "last" else h).float()
+
+    @torch.inference_mode()
+    def mtp_forward(self, mtp_state: State, hidden: torch.Tensor, next_embeds: torch.Tensor) -> torch.Tensor:
+        """The first MTP step over pairs (hidden_t, embedding of token t+1): (b, T, H) each.
+        Returns the MTP hidden states; `logits(...)` of them predict token t+2."""
+        T = hidden.shape[1]
+        mtp_state.reserve(T)
+        h = hidden
+        for j in range(len(self.cfg.mtp_pattern)):
+            h = self.mtp.layers[j](h, mtp_state, j, next_embeds)
+        mtp_state.advance(T)
+        return h
