@@ -97,6 +97,13 @@ class Session:
                 mem[k] += v
         return mem
 
+    def check_room(self, n: int) -> None:
+        """Raise before any work if `n` more tokens would pass the context length."""
+        limit = self.model.cfg.max_position_embeddings
+        if self.length + n > limit:
+            raise ValueError(f"context length exceeded: the session holds {self.length} tokens, {n} more would pass "
+                             f"the model's max_position_embeddings ({limit})")
+
     def prefill(self, ids: list[int] | torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Append token ids or embeddings (T, H) to the stream; returns the last logits (1, V)."""
         m = self.model
@@ -109,6 +116,7 @@ class Session:
             embeds = embeds.view(1, -1, m.cfg.hidden_size).to(m.device, m.dtype)
         if embeds.shape[1] == 0:
             return self.logits
+        self.check_room(embeds.shape[1])
         out = m(self.state, inputs_embeds=embeds, logits="last")
         if self.mtp_state is not None:
             self._mtp_append(out.hidden, embeds)
@@ -145,6 +153,7 @@ def generate(session: Session, params: SamplingParams, speculative: int = 0) -> 
     """
     if session.logits is None:
         raise ValueError("prefill the session before generating")
+    session.check_room(params.max_new_tokens)
     if speculative:
         if session.mtp_state is None:
             raise ValueError("speculative decoding needs Session(model, speculative=True)")
