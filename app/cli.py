@@ -101,7 +101,7 @@ def generate_command(args) -> int:
             piece = stream.feed(t)
             if echo and piece:
                 print(piece, end="", flush=True)
-            forced = budget.step(t) if budget else None
+            forced = budget.step(t) if budget and t not in params.stop_ids else None
             if forced:
                 break
         if not forced:

@@ -35,6 +35,30 @@ class ConfigError(ValueError):
     """A config.json that the decoder cannot run: says which field, which value and where."""
 
 
+def read_config_json(path: str | Path) -> tuple[dict, Path]:
+    """The parsed config.json of a checkpoint folder (or the file itself), and its path."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path.parent}: no config.json; point --model at a checkpoint folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return raw, path
+
+
+def _time_step_limit(v, where: str) -> tuple[float, float]:
+    try:
+        lo, hi = v
+        return _float(lo), _float(hi)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: `time_step_limit` = {v!r}: expected [min, max]") from None
+
+
 def _float(v):
     # save_pretrained writes infinity as {"__float__": "Infinity"}.
     if isinstance(v, dict) and "__float__" in v:
@@ -130,15 +154,7 @@ class DecoderConfig:
     # ---- parsing -------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | Path) -> "DecoderConfig":
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no config.json; point --model at a checkpoint folder") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raw, path = read_config_json(path)
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
@@ -150,11 +166,21 @@ class DecoderConfig:
                 d, where = raw[key], f"{source}:{key}"
                 break
 
-        def get(name, default=None, *aliases):
+        def get(name, default=None, *aliases, kind=None):
             for n in (name, *aliases):
                 if n in d and d[n] is not None:
-                    return d[n]
-            return default
+                    value = d[n]
+                    break
+            else:
+                return default
+            if kind is None:
+                return value
+            ok = isinstance(value, bool) if kind is bool else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (kind is float or float(value).is_integer()))
+            if not ok:
+                raise ConfigError(f"{where}: `{n}` = {value!r}: expected {kind.__name__}")
+            return kind(value)
 
         if "layers_block_type" in d and d["layers_block_type"] is not None:
             pattern = _pattern_from_list(d["layers_block_type"], where)
@@ -177,46 +203,45 @@ class DecoderConfig:
         eos = get("eos_token_id", 2)
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         limit = get("time_step_limit", (0.0, math.inf), "mamba_dt_limit")
-        latent = get("moe_latent_size")
 
         cfg = cls(
-            vocab_size=int(get("vocab_size", 131072)),
-            hidden_size=int(get("hidden_size", 4096)),
+            vocab_size=get("vocab_size", 131072, kind=int),
+            hidden_size=get("hidden_size", 4096, kind=int),
             pattern=pattern,
-            layer_norm_epsilon=float(get("layer_norm_epsilon", 1e-5, "rms_norm_eps")),
-            num_attention_heads=int(get("num_attention_heads", 32)),
-            num_key_value_heads=int(get("num_key_value_heads", get("num_attention_heads", 32))),
-            head_dim=int(get("head_dim", get("hidden_size", 4096) // get("num_attention_heads", 32),
-                             "attention_head_dim")),
-            attention_bias=bool(get("attention_bias", False)),
-            max_position_embeddings=int(get("max_position_embeddings", 4096)),
-            intermediate_size=int(get("intermediate_size", 21504)),
-            mlp_bias=bool(get("mlp_bias", False)),
-            mamba_num_heads=int(get("mamba_num_heads", 128)),
-            mamba_head_dim=int(get("mamba_head_dim", 64)),
-            ssm_state_size=int(get("ssm_state_size", 128)),
-            n_groups=int(get("n_groups", 8, "mamba_n_groups")),
-            conv_kernel=int(get("conv_kernel", 4, "mamba_d_conv")),
-            chunk_size=int(get("chunk_size", 128, "mamba_chunk_size")),
-            use_conv_bias=bool(get("use_conv_bias", True, "mamba_conv_bias")),
-            mamba_proj_bias=bool(get("use_bias", False, "mamba_proj_bias")),
-            time_step_limit=(_float(limit[0]), _float(limit[1])),
-            n_routed_experts=int(get("n_routed_experts", 8, "num_local_experts")),
-            num_experts_per_tok=int(get("num_experts_per_tok", 2)),
-            moe_intermediate_size=int(get("moe_intermediate_size", 7688)),
-            moe_shared_expert_intermediate_size=int(get("moe_shared_expert_intermediate_size", 7688)),
-            n_shared_experts=int(get("n_shared_experts", 1)),
-            moe_latent_size=int(latent) if latent else None,
-            routed_scaling_factor=float(get("routed_scaling_factor", 1.0)),
-            n_group=int(get("n_group", 1)),
-            topk_group=int(get("topk_group", 1)),
-            norm_topk_prob=bool(get("norm_topk_prob", True)),
-            num_nextn_predict_layers=int(get("num_nextn_predict_layers", 0)),
+            layer_norm_epsilon=get("layer_norm_epsilon", 1e-5, "rms_norm_eps", kind=float),
+            num_attention_heads=get("num_attention_heads", 32, kind=int),
+            num_key_value_heads=get("num_key_value_heads", get("num_attention_heads", 32, kind=int), kind=int),
+            head_dim=get("head_dim", None, "attention_head_dim", kind=int) or (
+                get("hidden_size", 4096, kind=int) // max(1, get("num_attention_heads", 32, kind=int))),
+            attention_bias=get("attention_bias", False, kind=bool),
+            max_position_embeddings=get("max_position_embeddings", 4096, kind=int),
+            intermediate_size=get("intermediate_size", 21504, kind=int),
+            mlp_bias=get("mlp_bias", False, kind=bool),
+            mamba_num_heads=get("mamba_num_heads", 128, kind=int),
+            mamba_head_dim=get("mamba_head_dim", 64, kind=int),
+            ssm_state_size=get("ssm_state_size", 128, kind=int),
+            n_groups=get("n_groups", 8, "mamba_n_groups", kind=int),
+            conv_kernel=get("conv_kernel", 4, "mamba_d_conv", kind=int),
+            chunk_size=get("chunk_size", 128, "mamba_chunk_size", kind=int),
+            use_conv_bias=get("use_conv_bias", True, "mamba_conv_bias", kind=bool),
+            mamba_proj_bias=get("use_bias", False, "mamba_proj_bias", kind=bool),
+            time_step_limit=_time_step_limit(limit, where),
+            n_routed_experts=get("n_routed_experts", 8, "num_local_experts", kind=int),
+            num_experts_per_tok=get("num_experts_per_tok", 2, kind=int),
+            moe_intermediate_size=get("moe_intermediate_size", 7688, kind=int),
+            moe_shared_expert_intermediate_size=get("moe_shared_expert_intermediate_size", 7688, kind=int),
+            n_shared_experts=get("n_shared_experts", 1, kind=int),
+            moe_latent_size=get("moe_latent_size", None, kind=int) or None,
+            routed_scaling_factor=get("routed_scaling_factor", 1.0, kind=float),
+            n_group=get("n_group", 1, kind=int),
+            topk_group=get("topk_group", 1, kind=int),
+            norm_topk_prob=get("norm_topk_prob", True, kind=bool),
+            num_nextn_predict_layers=get("num_nextn_predict_layers", 0, kind=int),
             mtp_pattern=mtp_pattern,
             bos_token_id=get("bos_token_id", 1),
-            eos_token_ids=tuple(int(e) for e in eos),
+            eos_token_ids=tuple(e for e in eos if isinstance(e, int)),
             pad_token_id=get("pad_token_id", 0),
-            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+            tie_word_embeddings=get("tie_word_embeddings", False, kind=bool),
             source=where,
         )
         cfg.validate()

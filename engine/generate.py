@@ -153,7 +153,10 @@ def generate(session: Session, params: SamplingParams, speculative: int = 0) -> 
     """
     if session.logits is None:
         raise ValueError("prefill the session before generating")
-    session.check_room(params.max_new_tokens)
+    session.check_room(1)    # generation stops at the context length; it must be able to start
+    room = session.model.cfg.max_position_embeddings - session.length
+    if params.max_new_tokens > room:
+        params = SamplingParams(**{**params.__dict__, "max_new_tokens": room})
     if speculative:
         if session.mtp_state is None:
             raise ValueError("speculative decoding needs Session(model, speculative=True)")

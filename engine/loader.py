@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DecoderConfig
+from .config import DecoderConfig, read_config_json
 from .model import NemotronH
 
 _DTYPES = {
@@ -108,6 +108,11 @@ class SafetensorsFile:
         if dtype is not None and dtype != src_dtype:
             t = t.to(dtype)
             self._release(offset, end - start)
+        elif offset % 64:
+            # BLAS takes another SIMD path on data not 64-byte aligned; the same weights must
+            # give the same results wherever a file happens to place them.
+            t = t.clone()
+            self._release(offset, end - start)
         return t
 
     def _release(self, offset: int, length: int) -> None:
@@ -171,20 +176,14 @@ def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device
     dtype: the compute dtype (default: the checkpoint's). mtp: load the MTP layers if present.
     """
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise LoadError(f"{model_dir}: no config.json; point --model at a checkpoint folder") from None
-    except json.JSONDecodeError as e:
-        raise LoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    raw, cfg_path = read_config_json(model_dir)
     cfg = DecoderConfig.from_dict(raw, source=str(cfg_path))
     if not mtp and cfg.num_nextn_predict_layers:
         from dataclasses import replace
         cfg = replace(cfg, num_nextn_predict_layers=0)
     tensors = open_checkpoint(model_dir)
     prefix = decoder_prefix(raw)
-    dtype = dtype or checkpoint_dtype(raw) or next(iter(tensors.values())).entries[next(iter(tensors))][0]
+    dtype = dtype or checkpoint_dtype(raw) or next((f.entries[k][0] for k, f in tensors.items()), torch.float32)
 
     with torch.device("meta"):
         model = NemotronH(cfg)

@@ -207,6 +207,13 @@ class MoE(nn.Module):
             self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
             self.fc2_latent_proj = nn.Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
+    def _expert_weights(self):
+        """The experts' weights as two lists, rebuilt only when the parameters are replaced."""
+        first = self.experts[0].up_proj.weight
+        if getattr(self, "_weights", None) is None or self._weights[0][0] is not first:
+            self._weights = ([e.up_proj.weight for e in self.experts], [e.down_proj.weight for e in self.experts])
+        return self._weights
+
     def forward(self, x, state=None, i=None):
         cfg = self.cfg
         flat = x.reshape(-1, x.shape[-1])
@@ -214,8 +221,7 @@ class MoE(nn.Module):
         ids, weights = route(logits, self.gate.e_score_correction_bias.float(), cfg.num_experts_per_tok,
                              cfg.n_group, cfg.topk_group, cfg.norm_topk_prob, cfg.routed_scaling_factor)
         h = self.fc1_latent_proj(flat) if cfg.moe_latent_size else flat
-        h = grouped_experts(h, ids, weights, [e.up_proj.weight for e in self.experts],
-                            [e.down_proj.weight for e in self.experts]).to(x.dtype)
+        h = grouped_experts(h, ids, weights, *self._expert_weights()).to(x.dtype)
         if cfg.moe_latent_size:
             h = self.fc2_latent_proj(h)
         return h.view_as(x) + self.shared_experts(x)

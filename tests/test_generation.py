@@ -165,6 +165,8 @@ def test_context_length_is_enforced(tmp_path):
     with pytest.raises(ValueError, match="context length"):
         s.prefill(ids(10, 6))
     assert s.length == 60                  # the failed call changed nothing
+    assert len(list(generate(s.fork(), SamplingParams(max_new_tokens=10)))) == 4   # stops at the limit
+    s.prefill(ids(4, 7))
     with pytest.raises(ValueError, match="context length"):
         next(generate(s, SamplingParams(max_new_tokens=10)))
 
