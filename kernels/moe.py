@@ -42,7 +42,7 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     if N == 1:   # decode: just the token's k experts, in expert order as below
         out = torch.zeros(1, x.shape[1], dtype=torch.float32, device=x.device)
         for e, w in sorted(zip(ids[0].tolist(), weights[0].tolist())):
-            out += F.linear(F.relu(F.linear(x, up[e])).square(), down[e]).float() * w
+            out.add_(F.linear(F.relu(F.linear(x, up[e])).square_(), down[e]).float(), alpha=w)
         return out
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)
@@ -54,7 +54,7 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     for e, count in enumerate(counts):
         if count:
             seg = slice(start, start + count)
-            ys[seg] = F.linear(F.relu(F.linear(xs[seg], up[e])).square(), down[e])
+            ys[seg] = F.linear(F.relu(F.linear(xs[seg], up[e])).square_(), down[e])
             start += count
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
     return out.index_add_(0, token, ys.float() * weights.reshape(-1)[order, None])
