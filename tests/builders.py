@@ -96,3 +96,20 @@ def build_text_checkpoint(path: Path, pattern: str, seed: int = 0, mtp: bool = F
     if mtp:
         add_mtp_weights(Path(path), overrides)
     return model
+
+
+def align_mtp_head(m):
+    """Make a loaded model's MTP head draft exactly what the model will say: every mixer's
+    output projection zeroed makes the model a bigram model (hidden = norm_f(embed(x_t))), and
+    an MTP head with eh_proj = [I | 0] (its mixers zeroed too) predicts from embed(x_{t+1}) the
+    same way. Costs the same to run as the original: only values change."""
+    H = m.cfg.hidden_size
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight")):
+                p.zero_()
+        first, last = m.mtp.layers[0], m.mtp.layers[-1]
+        first.eh_proj.weight.copy_(torch.cat([torch.eye(H), torch.zeros(H, H)], dim=1))
+        first.enorm.weight.fill_(1.0)
+        last.final_layernorm.weight.copy_(m.backbone.norm_f.weight)
+    return m

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from builders import build_text_checkpoint
+from builders import align_mtp_head, build_text_checkpoint
 from engine.generate import BatchDecoder, SamplingParams, Session, generate, sample
 from engine.loader import load_decoder
 
@@ -36,21 +36,8 @@ def test_speculative_greedy_equals_plain_greedy(mtp_model, k):
 
 
 def aligned_mtp_model(path):
-    """A model whose MTP head drafts exactly what the model will say: every mixer's output
-    projection zeroed makes the model a bigram model (hidden = norm_f(embed(x_t))), and an MTP
-    head with eh_proj = [I | 0] and zeroed mixers predicts from embed(x_{t+1}) the same way."""
     build_text_checkpoint(path, "M*E", mtp=True)
-    m = load_decoder(path)
-    H = m.cfg.hidden_size
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight")):
-                p.zero_()
-        first, last = m.mtp.layers[0], m.mtp.layers[-1]
-        first.eh_proj.weight.copy_(torch.cat([torch.eye(H), torch.zeros(H, H)], dim=1))
-        first.enorm.weight.fill_(1.0)
-        last.final_layernorm.weight.copy_(m.backbone.norm_f.weight)
-    return m
+    return align_mtp_head(load_decoder(path))
 
 
 @pytest.mark.parametrize("k", [1, 3])
