@@ -25,7 +25,7 @@ from builders import align_mtp_head
 from engine.checkpoint import init_random
 from engine.config import DecoderConfig
 from engine.generate import SamplingParams, Session, generate
-from engine.model import NemotronH, use_column_major
+from engine.model import NemotronH
 
 CONFIG = dict(vocab_size=32000, hidden_size=512, pattern="MEMEM*EMEMEM*EMEMEM*EMEM", num_attention_heads=8,
               num_key_value_heads=2, head_dim=64, mamba_num_heads=16, mamba_head_dim=64, ssm_state_size=64, n_groups=4,
@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    model = use_column_major(init_random(NemotronH(DecoderConfig(**CONFIG)), seed=0).eval().requires_grad_(False))
+    model = init_random(NemotronH(DecoderConfig(**CONFIG)), seed=0).eval().requires_grad_(False)
     prompt = torch.randint(3, 32000, (256,), generator=torch.Generator().manual_seed(0)).tolist()
     print("| MTP head | draft tokens k | acceptance | tok/s | speed-up over plain greedy | output equal |")
     print("|---|---:|---:|---:|---:|---|")

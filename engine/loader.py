@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import DecoderConfig, read_config_json
-from .model import NemotronH, column_major
+from .model import NemotronH
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -114,11 +114,6 @@ class SafetensorsFile:
             t = t.clone()
             self._release(offset, end - start)
         return t
-
-    def release(self, key: str) -> None:
-        """Drop the mapped pages of `key` once the caller has copied it."""
-        _, _, start, end = self.entries[key]
-        self._release(self.data_start + start, end - start)
 
     def _release(self, offset: int, length: int) -> None:
         """Drop the mapped source pages of a converted tensor from memory (they are clean copies
@@ -212,15 +207,10 @@ def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device
         if got != shape:
             raise LoadError(f"{model_dir}: tensor {ours[name]!r} has shape {list(got)}, the config expects {list(shape)}")
 
-    linear = {n + ".weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     state = {}
     for name, key in ours.items():
         want = torch.float32 if name.endswith(_KEEP_FP32) else dtype
-        f = tensors[key]
-        t = f.tensor(key, want)
-        if device == "cpu" and name in linear and t.is_contiguous():
-            t = column_major(t)           # a copy; the file's pages are released right away
-            f.release(key)
+        t = tensors[key].tensor(key, want)
         state[name] = t if device == "cpu" else t.to(device)
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval().requires_grad_(False)

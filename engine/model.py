@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.linear import linear
 from kernels.mamba import causal_conv1d, ssd_chunked, ssd_step
 from kernels.moe import grouped_experts, route
 
@@ -27,20 +28,11 @@ from .config import ATTENTION, MAMBA, MLP as MLP_KIND, MOE, DecoderConfig
 from .state import State
 
 
-def column_major(weight: torch.Tensor) -> torch.Tensor:
-    """The same (out, in) weight stored transposed in memory. F.linear then hands BLAS a
-    contiguous (in, out) matrix, whose matrix-vector kernel reads memory about twice as fast as
-    the (out, in) one on CPUs (measured: 19 against 10 GB/s a core), which is what decoding a
-    token is; larger matrix products run at the same speed either way."""
-    return weight.t().contiguous().t()
+class Linear(nn.Linear):
+    """nn.Linear whose product takes the fast path of kernels.linear when decoding on the CPU."""
 
-
-def use_column_major(model: nn.Module) -> nn.Module:
-    """Give every nn.Linear of `model` a column-major weight (see `column_major`)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear) and m.weight.device.type == "cpu":
-            m.weight = nn.Parameter(column_major(m.weight.data), requires_grad=m.weight.requires_grad)
-    return model
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -74,13 +66,13 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, d_inner, conv_dim = cfg.mamba_num_heads, cfg.mamba_d_inner, cfg.mamba_conv_dim
-        self.in_proj = nn.Linear(cfg.hidden_size, d_inner + conv_dim + h, bias=cfg.mamba_proj_bias)
+        self.in_proj = Linear(cfg.hidden_size, d_inner + conv_dim + h, bias=cfg.mamba_proj_bias)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.conv_kernel, groups=conv_dim, bias=cfg.use_conv_bias)
         self.dt_bias = nn.Parameter(torch.zeros(h))
         self.A_log = nn.Parameter(torch.zeros(h))
         self.D = nn.Parameter(torch.ones(h))
         self.norm = GatedRMSNorm(d_inner, d_inner // cfg.n_groups, cfg.layer_norm_epsilon)
-        self.out_proj = nn.Linear(d_inner, cfg.hidden_size, bias=cfg.mamba_proj_bias)
+        self.out_proj = Linear(d_inner, cfg.hidden_size, bias=cfg.mamba_proj_bias)
 
     def forward(self, x, state: State, i: int):
         cfg = self.cfg
@@ -121,10 +113,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         H, Hkv, D, bias = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=bias)
-        self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=bias)
+        self.q_proj = Linear(cfg.hidden_size, H * D, bias=bias)
+        self.k_proj = Linear(cfg.hidden_size, Hkv * D, bias=bias)
+        self.v_proj = Linear(cfg.hidden_size, Hkv * D, bias=bias)
+        self.o_proj = Linear(H * D, cfg.hidden_size, bias=bias)
 
     def forward(self, x, state: State, i: int):
         cfg = self.cfg
@@ -148,14 +140,15 @@ class Attention(nn.Module):
         if state.prefix:
             out = _attend_segments(q, [s.kv[i] for s in state.prefix] + [(keys, values)], o)
         else:
+            causal = not ragged and o == 0 and T > 1        # a first prefill: plain causal attention
             if ragged:
                 mask = (torch.arange(Lk) < torch.tensor(offsets)[:, None] + 1)[:, None, None, :]
-            elif T == 1:
+            elif T == 1 or causal:
                 mask = None
             else:
                 mask = torch.arange(Lk)[None, :] <= (o + torch.arange(T))[:, None]
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask.to(q.device),
-                                                 enable_gqa=H != Hkv)
+                                                 is_causal=causal, enable_gqa=H != Hkv)
         return self.o_proj(out.transpose(1, 2).reshape(b, T, H * D))
 
 
@@ -170,9 +163,9 @@ def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
     qg = q.reshape(b, Hkv, r * T, D)
     outs, lses = [], []
     for k, v in segments[:-1]:                     # fully visible: the fused kernel
-        o, lse = _flash(qg, k, v)
-        outs.append(o)
-        lses.append(lse.float())
+        for o, lse in _flash_split(qg, k, v):
+            outs.append(o)
+            lses.append(lse.float())
     k, v = segments[-1]                            # own keys: causal, and short
     t_idx = torch.arange(T).repeat(r)              # query row -> its position among the T
     causal = (torch.arange(k.shape[2])[None, :] <= (own_offset + t_idx)[:, None]).to(q.device)
@@ -190,11 +183,30 @@ def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
     return out.view(b, H, T, D)
 
 
+def _flash_split(q, k, v, pieces: int = 8, min_piece: int = 1024):
+    """_flash over a long key range cut into `pieces` equal parts, given to the kernel as extra
+    heads (a view, no copy) so that every core gets work; yields (out, lse) per part."""
+    Hkv, L, D = k.shape[1], k.shape[2], k.shape[3]
+    n = min(pieces, L // min_piece)
+    if n <= 1:
+        yield _flash(q, k, v)
+        return
+    m = L // n
+    kp, vp = (t[:, :, :n * m].reshape(1, Hkv * n, m, D) for t in (k, v))
+    qp = q.unsqueeze(2).expand(1, Hkv, n, *q.shape[2:]).reshape(1, Hkv * n, *q.shape[2:])
+    o, lse = _flash(qp, kp, vp)
+    o, lse = o.view(1, Hkv, n, *q.shape[2:]), lse.view(1, Hkv, n, q.shape[2])
+    for j in range(n):
+        yield o[:, :, j], lse[:, :, j]
+    if n * m < L:
+        yield _flash(q, k[:, :, n * m:], v[:, :, n * m:])
+
+
 def _flash(q, k, v):
     """softmax(q k^T / sqrt(D)) v and its log-sum-exp, without the score matrix in memory."""
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None and q.device.type == "cpu":
-        out, lse = op(q, k, v)
+        out, lse = op(q.contiguous(), k, v)   # the raw kernel trusts its inputs' strides
         return out, lse
     sc = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).float()
     lse = torch.logsumexp(sc, dim=-1)
@@ -206,8 +218,8 @@ class MLP(nn.Module):
 
     def __init__(self, hidden: int, inner: int, bias: bool = False):
         super().__init__()
-        self.up_proj = nn.Linear(hidden, inner, bias=bias)
-        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.up_proj = Linear(hidden, inner, bias=bias)
+        self.down_proj = Linear(inner, hidden, bias=bias)
 
     def forward(self, x, state=None, i=None):
         return self.down_proj(F.relu(self.up_proj(x)).square())
@@ -232,8 +244,8 @@ class MoE(nn.Module):
                                      for _ in range(cfg.n_routed_experts))
         self.shared_experts = MLP(cfg.hidden_size, cfg.moe_shared_expert_intermediate_size, cfg.mlp_bias)
         if cfg.moe_latent_size:
-            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
-            self.fc2_latent_proj = nn.Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
+            self.fc1_latent_proj = Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
+            self.fc2_latent_proj = Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def _expert_weights(self):
         """The experts' weights as two lists, rebuilt only when the parameters are replaced."""
@@ -282,7 +294,7 @@ class MTPBlock(Block):
         if first:
             self.enorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
             self.hnorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
-            self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+            self.eh_proj = Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         if last:
             self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
         self.first, self.last = first, last
@@ -322,7 +334,7 @@ class NemotronH(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.num_nextn_predict_layers:
             self.mtp = MTP(cfg)
 

@@ -66,7 +66,7 @@ def ssd_step(state, x, dt, A, B, C, D):
     Bh, Ch = _heads(B, h).float(), _heads(C, h).float()
     xf = x.float()
     dA = torch.exp(dt * A)                                                    # (b, h)
-    state.mul_(dA[:, :, None, None]).add_((dt[:, :, None] * xf)[..., None] * Bh[:, :, None, :])
+    state.mul_(dA[:, :, None, None]).addcmul_((dt[:, :, None] * xf)[..., None], Bh[:, :, None, :])
     y = torch.matmul(state, Ch.unsqueeze(-1)).squeeze(-1) + D[:, None] * xf
     return y
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .linear import linear
+
 
 def route(logits: torch.Tensor, correction_bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
           norm_topk_prob: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +44,7 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     if N == 1:   # decode: just the token's k experts, in expert order as below
         out = torch.zeros(1, x.shape[1], dtype=torch.float32, device=x.device)
         for e, w in sorted(zip(ids[0].tolist(), weights[0].tolist())):
-            out.add_(F.linear(F.relu(F.linear(x, up[e])).square_(), down[e]).float(), alpha=w)
+            out.add_(linear(F.relu(linear(x, up[e])).square_(), down[e]).float(), alpha=w)
         return out
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)
@@ -54,7 +56,7 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     for e, count in enumerate(counts):
         if count:
             seg = slice(start, start + count)
-            ys[seg] = F.linear(F.relu(F.linear(xs[seg], up[e])).square_(), down[e])
+            ys[seg] = linear(F.relu(linear(xs[seg], up[e])).square_(), down[e])
             start += count
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
     return out.index_add_(0, token, ys.float() * weights.reshape(-1)[order, None])
