@@ -1,6 +1,6 @@
 # make run    install requirements.txt into .venv, start the app
 # make test   install requirements-test.txt into .venv, run the tests
-# make bench  install requirements.txt into .venv, run the decoder benchmark
+# make bench  install requirements-test.txt into .venv (transformers is the peer), run the benchmarks
 #
 # .venv is created with `python3 -m venv` when missing.  A stamp file per requirement set records
 # the last install, so pip only runs again when a requirements file changes.
@@ -33,5 +33,6 @@ run: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
-bench: $(RUN_STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/decoder.py
+	$(PY) bench/speculative.py

@@ -75,14 +75,14 @@ def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
     """exp(sum_{j<k<=i} a_k) for i >= j, else 0, over the last axis (..., Q) -> (..., Q, Q).
 
     Built from a masked cumulative sum rather than a difference of cumsums, which keeps it
-    exact to rounding when the cumulative decay is large.
+    exact to rounding when the cumulative decay is large. In place where it can be: these
+    (Q x Q) blocks are the largest temporaries of a prefill.
     """
     Q = a.shape[-1]
     tri_strict = torch.tril(torch.ones(Q, Q, dtype=torch.bool, device=a.device), diagonal=-1)
-    seg = a[..., None, :].expand(*a.shape, Q).transpose(-1, -2)               # [.., i, j] = a_i
-    seg = seg.masked_fill(~tri_strict, 0).cumsum(dim=-2)                      # sum_{j<k<=i} a_k
-    tri = torch.tril(torch.ones(Q, Q, dtype=torch.bool, device=a.device))
-    return torch.exp(seg.masked_fill(~tri, float("-inf")))
+    seg = a.unsqueeze(-1).repeat(*(1,) * a.dim(), Q)                          # [.., i, j] = a_i
+    seg = seg.masked_fill_(~tri_strict, 0).cumsum_(dim=-2)                    # sum_{j<k<=i} a_k
+    return seg.masked_fill_(~torch.tril(torch.ones_like(tri_strict)), float("-inf")).exp_()
 
 
 def ssd_chunked(x, dt, A, B, C, D, state=None, chunk_size: int = 128):
