@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def generate_command(args) -> int:
     import torch
+    from tqdm import tqdm
 
     from engine.generate import SamplingParams, Session, generate
     from engine.loader import load_decoder
@@ -80,8 +81,15 @@ def generate_command(args) -> int:
         stop_ids=tuple(tok.eos_ids), seed=args.seed)
 
     session = Session(model, speculative=bool(args.speculative))
+    session.check_room(len(prompt_ids))
     t1 = time.perf_counter()
-    session.prefill(prompt_ids)
+    # Long prompts are prefilled in pieces (the same result as one pass) behind a progress bar.
+    piece = 1024
+    with tqdm(total=len(prompt_ids), unit="tok", desc="prefill", file=sys.stderr,
+              disable=len(prompt_ids) <= 4 * piece) as bar:
+        for i in range(0, len(prompt_ids), piece):
+            session.prefill(prompt_ids[i:i + piece])
+            bar.update(len(prompt_ids[i:i + piece]))
     prefill_s = time.perf_counter() - t1
     budget = None
     if args.reasoning_budget is not None and reasoning and not args.raw:
@@ -121,7 +129,8 @@ def generate_command(args) -> int:
     text_out = tok.decode(out_ids)
     stats = {"load_s": round(load_s, 3), "prefill_s": round(prefill_s, 3), "decode_s": round(decode_s, 3),
              "prompt_tokens": len(prompt_ids), "output_tokens": len(out_ids),
-             "decode_tokens_per_s": round(len(out_ids) / decode_s, 2) if decode_s > 0 else None}
+             "decode_tokens_per_s": round(len(out_ids) / decode_s, 2) if decode_s > 0 else None,
+             "session_memory_bytes": session.memory_bytes()}
     if args.speculative:
         stats["speculative"] = {"draft_tokens": args.speculative, "acceptance_rate": round(session.spec.acceptance_rate, 4),
                                 "steps": session.spec.steps}
