@@ -110,10 +110,12 @@ class Session:
         if embeds is None:
             ids = torch.as_tensor(ids, dtype=torch.long).view(1, -1).to(m.device)
             if ids.numel() and (ids.min() < 0 or ids.max() >= m.cfg.vocab_size):
-                raise ValueError(f"token ids must be in [0, {m.cfg.vocab_size}), got {ids.min()}..{ids.max()}")
+                raise ValueError(f"token ids must be in [0, {m.cfg.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
             embeds = m.embed(ids)
         else:
-            embeds = embeds.view(1, -1, m.cfg.hidden_size).to(m.device, m.dtype)
+            if embeds.shape[-1] != m.cfg.hidden_size or embeds.numel() % m.cfg.hidden_size:
+                raise ValueError(f"embeddings must be (T, {m.cfg.hidden_size}), got {tuple(embeds.shape)}")
+            embeds = embeds.reshape(1, -1, m.cfg.hidden_size).to(m.device, m.dtype)
         if embeds.shape[1] == 0:
             return self.logits
         self.check_room(embeds.shape[1])

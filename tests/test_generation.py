@@ -164,6 +164,8 @@ def test_bad_requests_are_rejected(mtp_model):
         next(generate(s, SamplingParams()))
     with pytest.raises(ValueError, match="token ids"):
         s.prefill([5, 10_000])
+    with pytest.raises(ValueError, match="embeddings"):
+        s.prefill(embeds=torch.zeros(3, mtp_model.cfg.hidden_size + 1))
     assert s.length == 0
     s.prefill([5, 6])
     with pytest.raises(ValueError, match="speculative"):
