@@ -144,6 +144,7 @@ def test_ssd_scan_equals_recurrence(L, chunk):
         yt = ssd_step(st, x[:, t].float(), dt[:, t].float(), A.float(), B[:, t].float(), C[:, t].float(), D.float())
         _, s_t = _recurrence(x[:, :t + 1], dt[:, :t + 1], A, B, C, D, s0)
         assert (st.double() - s_t).abs().max().item() <= 1e-4 * max(1.0, s_t.abs().max().item())
+        assert (yt.double() - y_ref[:, t]).abs().max().item() <= 1e-4 * max(1.0, scale)
 
 
 def test_long_sequence_matches_transformers_and_token_by_token(tmp_path):
