@@ -31,9 +31,9 @@ def causal_conv1d(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tenso
     k = weight.shape[-1]
     full = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=2)        # (b, c, K-1+L)
     if L == 1:  # decode: one dot product per channel, cheaper than a conv call
-        out = torch.einsum("bck,ck->bc", full, weight.view(c, k)).unsqueeze(-1)
+        out = (full * weight.view(c, k)).sum(-1, keepdim=True)
         if bias is not None:
-            out = out + bias[:, None]
+            out += bias[:, None]
     else:
         out = F.conv1d(full, weight.view(c, 1, k), bias, groups=c)                # (b, c, L)
     new_state = full[:, :, full.shape[2] - (k - 1):]
@@ -62,13 +62,14 @@ def ssd_sequential(x, dt, A, B, C, D, state=None):
 
 def ssd_step(state, x, dt, A, B, C, D):
     """One decode step, in place on `state` (b, h, p, n). x (b, h, p), dt (b, h), B/C (b, g, n)."""
-    h = x.shape[1]
-    Bh, Ch = _heads(B, h).float(), _heads(C, h).float()
+    b, h, p, n = state.shape
+    g = B.shape[1]
+    s = state.view(b, g, h // g, p, n)      # heads grouped: B and C broadcast, never copied
     xf = x.float()
     dA = torch.exp(dt * A)                                                    # (b, h)
-    state.mul_(dA[:, :, None, None]).addcmul_((dt[:, :, None] * xf)[..., None], Bh[:, :, None, :])
-    y = torch.matmul(state, Ch.unsqueeze(-1)).squeeze(-1) + D[:, None] * xf
-    return y
+    s.mul_(dA.view(b, g, h // g, 1, 1)).addcmul_((dt[:, :, None] * xf).view(b, g, h // g, p, 1),
+                                                 B.float().view(b, g, 1, 1, n))
+    return torch.matmul(s, C.float().view(b, g, 1, n, 1)).view(b, h, p) + D[:, None] * xf
 
 
 def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
