@@ -23,10 +23,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not (0 < rows <= MAX_ROWS and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and weight.is_contiguous()):
         return F.linear(x, weight, bias)
-    x2 = x.reshape(rows, in_features)
-    if rows == 1:   # one column would take the slow matrix-vector kernel again
-        x2 = torch.cat([x2, x2.new_zeros(1, in_features)])
-    y = torch.mm(weight, x2.t())[:, :rows].t().contiguous()   # callers view it as heads
+    x2 = column_pair(x.reshape(in_features)) if rows == 1 else x.reshape(rows, in_features).t()
+    y = torch.mm(weight, x2)[:, :rows].t().contiguous()   # callers view it as heads
     if bias is not None:
         y = y + bias
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def column_pair(v: torch.Tensor) -> torch.Tensor:
+    """A vector (n,) as the first of two columns (n, 2), the second zero, laid out as the
+    transpose of a (2, n) matrix: the operand layout of the fast kernel (one column alone
+    would take the slow matrix-vector kernel again)."""
+    return torch.stack([v, torch.zeros_like(v)]).t()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .linear import linear
+from .linear import column_pair, linear
 
 
 def route(logits: torch.Tensor, correction_bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
@@ -42,10 +42,12 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     """
     N, k = ids.shape
     if N == 1:   # decode: just the token's k experts, in expert order as below
-        out = torch.zeros(1, x.shape[1], dtype=torch.float32, device=x.device)
+        out = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+        col = column_pair(x[0])
         for e, w in sorted(zip(ids[0].tolist(), weights[0].tolist())):
-            out.add_(linear(F.relu(linear(x, up[e])).square_(), down[e]).float(), alpha=w)
-        return out
+            h = torch.mm(up[e], col).relu_().square_()          # the zero column stays zero
+            out.add_(torch.mm(down[e], h.t().contiguous().t())[:, 0], alpha=w)
+        return out[None]
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)
     token = order // k
