@@ -23,6 +23,7 @@ import mmap
 import os
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -179,7 +180,6 @@ def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device
     raw, cfg_path = read_config_json(model_dir)
     cfg = DecoderConfig.from_dict(raw, source=str(cfg_path))
     if not mtp and cfg.num_nextn_predict_layers:
-        from dataclasses import replace
         cfg = replace(cfg, num_nextn_predict_layers=0)
     tensors = open_checkpoint(model_dir)
     prefix = decoder_prefix(raw)

@@ -163,9 +163,9 @@ def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
     qg = q.reshape(b, Hkv, r * T, D)
     outs, lses = [], []
     for k, v in segments[:-1]:                     # fully visible: the fused kernel
-        for o, lse in _flash_split(qg, k, v):
-            outs.append(o)
-            lses.append(lse.float())
+        o, lse = _flash(qg, k, v)
+        outs.append(o)
+        lses.append(lse.float())
     k, v = segments[-1]                            # own keys: causal, and short
     t_idx = torch.arange(T).repeat(r)              # query row -> its position among the T
     causal = (torch.arange(k.shape[2])[None, :] <= (own_offset + t_idx)[:, None]).to(q.device)
@@ -181,25 +181,6 @@ def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
     weights = torch.softmax(torch.stack(lses), dim=0)[..., None]    # (parts, b, Hkv, rT, 1)
     out = sum(w.to(o.dtype) * o for w, o in zip(weights, outs))
     return out.view(b, H, T, D)
-
-
-def _flash_split(q, k, v, pieces: int = 8, min_piece: int = 1024):
-    """_flash over a long key range cut into `pieces` equal parts, given to the kernel as extra
-    heads (a view, no copy) so that every core gets work; yields (out, lse) per part."""
-    Hkv, L, D = k.shape[1], k.shape[2], k.shape[3]
-    n = min(pieces, L // min_piece)
-    if n <= 1:
-        yield _flash(q, k, v)
-        return
-    m = L // n
-    kp, vp = (t[:, :, :n * m].reshape(1, Hkv * n, m, D) for t in (k, v))
-    qp = q.unsqueeze(2).expand(1, Hkv, n, *q.shape[2:]).reshape(1, Hkv * n, *q.shape[2:])
-    o, lse = _flash(qp, kp, vp)
-    o, lse = o.view(1, Hkv, n, *q.shape[2:]), lse.view(1, Hkv, n, q.shape[2])
-    for j in range(n):
-        yield o[:, :, j], lse[:, :, j]
-    if n * m < L:
-        yield _flash(q, k[:, :, n * m:], v[:, :, n * m:])
 
 
 def _flash(q, k, v):

@@ -41,7 +41,8 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     x (N, d), ids/weights (N, k); up[e] (I, d), down[e] (d, I).
     """
     N, k = ids.shape
-    if N == 1:   # decode: just the token's k experts, in expert order as below
+    if N == 1 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
+        # decode: just the token's k experts, in expert order as below, in kernels.linear's layout
         out = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
         col = column_pair(x[0])
         for e, w in sorted(zip(ids[0].tolist(), weights[0].tolist())):
@@ -58,7 +59,7 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     for e, count in enumerate(counts):
         if count:
             seg = slice(start, start + count)
-            ys[seg] = linear(F.relu(linear(xs[seg], up[e])).square_(), down[e])
+            ys[seg] = linear(F.relu(linear(xs[seg], up[e])).square(), down[e])
             start += count
     out = torch.zeros(N, x.shape[1], dtype=torch.float32, device=x.device)
     return out.index_add_(0, token, ys.float() * weights.reshape(-1)[order, None])
