@@ -54,7 +54,7 @@ def generate_command(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.model.is_dir():
-        raise SystemExit(f"error: --model {args.model}: not a folder (a checkpoint folder holds config.json, "
+        raise ValueError(f"--model {args.model}: not a folder (a checkpoint folder holds config.json, "
                          "model.safetensors and tokenizer.json)")
     reasoning = not args.no_think
     tok = Tokenizer.from_dir(args.model)
@@ -66,7 +66,7 @@ def generate_command(args) -> int:
         text = build_chat_prompt(messages + [{"role": "user", "content": args.prompt}], reasoning=reasoning)
     prompt_ids = tok.encode(text)
     if not prompt_ids:
-        raise SystemExit("error: the prompt is empty")
+        raise ValueError("the prompt is empty")
 
     t0 = time.perf_counter()
     model = load_decoder(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None,
