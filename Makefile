@@ -23,8 +23,13 @@ $(RUN_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
 	touch $@
 
+# transformers' image/video processors (the oracle) import torchvision; its PyPI wheel is a CUDA
+# build, so only its pure-Python part is used, installed without dependencies beside the venv
+# (tests/hf_oracle.py shims the two C++ op schemas its import registers).
+
 $(TEST_STAMP): requirements.txt requirements-test.txt | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements-test.txt
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps --upgrade --target .cache/pylib torchvision==0.28.0
 	touch $@
 
 run: $(RUN_STAMP)

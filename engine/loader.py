@@ -170,6 +170,49 @@ def checkpoint_dtype(raw: dict) -> torch.dtype | None:
     return None
 
 
+def load_weights(model: torch.nn.Module, tensors: dict[str, SafetensorsFile], prefix: str,
+                 dtype: torch.dtype, device: str = "cpu", *, where: str = "checkpoint",
+                 keep_fp32: tuple[str, ...] = (), skip=None, rename=None) -> torch.nn.Module:
+    """Fill `model` (built on the meta device) with the checkpoint tensors under `prefix`.
+
+    Every tower of every checkpoint loads through here. Module names equal the checkpoint names
+    after `prefix`, except where `rename(name) -> name` maps them (the one exception list of a
+    tower). Tensors whose names end with one of `keep_fp32` stay fp32; `skip(name)` drops
+    tensors that are present but not wanted. Shapes are checked against the model before any
+    tensor is read; a missing, unexpected or mis-shaped tensor raises LoadError naming it.
+    """
+    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    ours = {}
+    for key in tensors:
+        if not key.startswith(prefix):
+            continue                       # another tower's tensor
+        name = key[len(prefix):]
+        if rename is not None:
+            name = rename(name)
+            if name is None:
+                continue                   # a tensor the tower deliberately ignores
+        if skip is not None and skip(name):
+            continue
+        if name not in expected:
+            raise LoadError(f"{where}: unexpected tensor {key!r} with shape {list(tensors[key].shape(key))} "
+                            f"(the config describes no such weight)")
+        ours[name] = key
+    for name, shape in expected.items():
+        if name not in ours:
+            raise LoadError(f"{where}: missing tensor {prefix + name!r} (expected shape {list(shape)})")
+        got = tensors[ours[name]].shape(ours[name])
+        if got != shape:
+            raise LoadError(f"{where}: tensor {ours[name]!r} has shape {list(got)}, the config expects {list(shape)}")
+
+    state = {}
+    for name, key in ours.items():
+        want = torch.float32 if name.endswith(keep_fp32) else dtype
+        t = tensors[key].tensor(key, want)
+        state[name] = t if device == "cpu" else t.to(device)
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
+
+
 def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu",
                  mtp: bool = True) -> NemotronH:
     """The NemotronH decoder of a text or Omni checkpoint folder, ready for inference.
@@ -187,30 +230,6 @@ def load_decoder(model_dir: str | Path, dtype: torch.dtype | None = None, device
 
     with torch.device("meta"):
         model = NemotronH(cfg)
-    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-
-    ours = {}
-    for key in tensors:
-        if not key.startswith(prefix):
-            continue                       # another tower of an Omni checkpoint
-        name = key[len(prefix):]
-        if name.startswith("mtp.") and not cfg.num_nextn_predict_layers and not mtp:
-            continue                       # MTP weights present but not wanted
-        if name not in expected:
-            raise LoadError(f"{model_dir}: unexpected tensor {key!r} with shape {list(tensors[key].shape(key))} "
-                            f"(the config {cfg_path.name} describes no such weight)")
-        ours[name] = key
-    for name, shape in expected.items():
-        if name not in ours:
-            raise LoadError(f"{model_dir}: missing tensor {prefix + name!r} (expected shape {list(shape)})")
-        got = tensors[ours[name]].shape(ours[name])
-        if got != shape:
-            raise LoadError(f"{model_dir}: tensor {ours[name]!r} has shape {list(got)}, the config expects {list(shape)}")
-
-    state = {}
-    for name, key in ours.items():
-        want = torch.float32 if name.endswith(_KEEP_FP32) else dtype
-        t = tensors[key].tensor(key, want)
-        state[name] = t if device == "cpu" else t.to(device)
-    model.load_state_dict(state, assign=True, strict=True)
-    return model.eval().requires_grad_(False)
+    skip = None if mtp else (lambda name: name.startswith("mtp."))      # present but not wanted
+    return load_weights(model, tensors, prefix, dtype, device, where=str(model_dir),
+                        keep_fp32=_KEEP_FP32, skip=skip)
