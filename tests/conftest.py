@@ -6,3 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+import hf_oracle  # noqa: E402
+
+hf_oracle.prepare()   # before any test imports transformers (it checks for torchvision once)

@@ -1,0 +1,155 @@
+"""The embedding stream: time-stamped chunks of projected embeddings, in the order the decoder reads them.
+
+One `EmbeddingChunk` type crosses every boundary: an encoder produces it, the link (in-process
+queue or WebSocket) carries it, and the decoder prefills it into the session. A chunk is the
+label text that precedes it plus its embeddings between start and end markers:
+
+    video   "Frame 3 sampled at 1.00 seconds and frame 4 sampled at 1.50 seconds: " <img> e*n </img> "\n"
+    audio   "" <so_start> e*n <so_end> "\n"
+
+A session's input is a chat header, then its chunks in time order (audio and video of the same
+moment side by side, the video first, as the reference places audio-in-video after the video),
+then, per question, the question and the assistant header. `ChunkMerger` restores time order
+across modalities that arrive independently; `EvsStream` applies Efficient Video Sampling
+causally, chunk by chunk, for live video.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels.evs import evs_dissimilarity
+
+from .prompt import AUDIO_TOKEN, IMAGE_TOKEN, IMG_END, IMG_START, SO_END, SO_START
+
+MODALITY_ORDER = {"video": 0, "image": 1, "audio": 2}   # at equal start times
+
+
+@dataclass
+class EmbeddingChunk:
+    """One encoded piece of a session's media.
+
+    session: the session it belongs to. modality: "video" | "image" | "audio".
+    t0, t1: its media time span in seconds. label: the text placed before it.
+    embeds: (n, D) projected embeddings (after every token reduction). seq: its number within
+    the session and modality, from 0, so a receiver can tell a gap from a reorder.
+    """
+
+    session: str
+    modality: str
+    t0: float
+    t1: float
+    label: str
+    embeds: torch.Tensor
+    seq: int = 0
+
+    def __post_init__(self):
+        if self.modality not in MODALITY_ORDER:
+            raise ValueError(f"chunk modality must be one of {sorted(MODALITY_ORDER)}, got {self.modality!r}")
+        if not (self.t1 >= self.t0 >= 0):
+            raise ValueError(f"chunk time span must satisfy 0 <= t0 <= t1, got {self.t0}..{self.t1}")
+        if self.embeds.dim() != 2:
+            raise ValueError(f"chunk embeddings must be (n, D), got {tuple(self.embeds.shape)}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[0]
+
+    def text(self) -> str:
+        """The chunk as prompt text, placeholders in place of its embeddings."""
+        if self.modality == "audio":
+            return self.label + SO_START + AUDIO_TOKEN * self.num_tokens + SO_END + "\n"
+        return self.label + IMG_START + IMAGE_TOKEN * self.num_tokens + IMG_END + "\n"
+
+    def sort_key(self) -> tuple:
+        return (self.t0, MODALITY_ORDER[self.modality], self.seq)
+
+
+def chunk_input(chunk: EmbeddingChunk, tokenizer, embed, placeholder_id: int) -> torch.Tensor:
+    """(L, D) decoder input of one chunk: its text's embeddings with the chunk's in the placeholders."""
+    ids = torch.tensor(tokenizer.encode(chunk.text()), dtype=torch.long)
+    x = embed(ids.view(1, -1))[0].clone()
+    pos = (ids == placeholder_id).nonzero().view(-1)
+    if len(pos) != chunk.num_tokens:
+        raise ValueError(f"chunk text holds {len(pos)} placeholders for {chunk.num_tokens} embeddings; "
+                         "is this the model's tokenizer?")
+    x[pos] = chunk.embeds.to(x.dtype)
+    return x
+
+
+@dataclass
+class ChunkMerger:
+    """Merges chunks of several modalities into time order.
+
+    `push(chunk)` returns the chunks now safe to release: those starting no later than every
+    open modality's latest start time (a later chunk of another modality could still come
+    before them otherwise). `close(modality)` says a modality has ended; `flush()` releases all.
+    """
+
+    modalities: tuple[str, ...] = ("video", "audio")
+    _heap: list = field(default_factory=list)
+    _latest: dict = field(default_factory=dict)
+    _open: set = field(default_factory=set)
+
+    def __post_init__(self):
+        self._open = set(self.modalities)
+
+    def push(self, chunk: EmbeddingChunk) -> list[EmbeddingChunk]:
+        heapq.heappush(self._heap, (chunk.sort_key(), id(chunk), chunk))
+        self._latest[chunk.modality] = max(self._latest.get(chunk.modality, 0.0), chunk.t0)
+        return self._release()
+
+    def close(self, modality: str) -> list[EmbeddingChunk]:
+        self._open.discard(modality)
+        return self._release()
+
+    def flush(self) -> list[EmbeddingChunk]:
+        out = [c for _, _, c in sorted(self._heap)]
+        self._heap.clear()
+        return out
+
+    def _release(self) -> list[EmbeddingChunk]:
+        if any(m not in self._latest for m in self._open):
+            return []                       # an open modality has not spoken yet
+        horizon = min((self._latest[m] for m in self._open), default=float("inf"))
+        out = []
+        while self._heap and self._heap[0][0][0] <= horizon:
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+
+class EvsStream:
+    """Efficient Video Sampling applied causally to a live video, chunk by chunk.
+
+    The whole-clip EVS of the reference ranks every token of a finished video; a live stream
+    cannot wait for the end. Here each chunk of tubelets is scored against the tubelet before it
+    (the previous chunk's last, carried over), and keeps `round(T * n * (1 - rate))` tokens of
+    highest dissimilarity, in order; the stream's first tubelet is always kept whole. Over a
+    stream this keeps the same share of tokens as the reference.
+    """
+
+    def __init__(self, rate: float):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"EVS pruning rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.prev: torch.Tensor | None = None    # (n, D): the last tubelet seen
+
+    def keep_mask(self, tubelets: torch.Tensor) -> torch.Tensor:
+        """(T, n, D) projected tubelets of one chunk -> bool (T, n)."""
+        t, n = tubelets.shape[:2]
+        if self.rate == 0.0:
+            self.prev = tubelets[-1]
+            return torch.ones(t, n, dtype=torch.bool)
+        first = self.prev is None
+        joined = tubelets if first else torch.cat([self.prev[None], tubelets])
+        scores = evs_dissimilarity(joined)[(0 if first else 1):].reshape(-1)
+        budget = round(t * n * (1 - self.rate))
+        if first:
+            budget = max(budget, n)          # the first tubelet (score 255) is kept whole
+        keep = torch.zeros(t * n, dtype=torch.bool)
+        keep[torch.argsort(scores, descending=True, stable=True)[:budget]] = True
+        self.prev = tubelets[-1]
+        return keep.view(t, n)
