@@ -1,9 +1,11 @@
 """The command line: `python -m app generate --model DIR --prompt TEXT ...`.
 
-`generate` loads a checkpoint folder (config.json, safetensors weights, tokenizer.json), builds
-the chat prompt (or takes the prompt as the whole input with `--raw`), and prints the answer as
-it streams. With `--json` the last line is one JSON object with `prompt_ids`, `output_ids` and
-`text`. Without `--model` it uses the bundled default model in assets/.
+`generate` loads a checkpoint folder (config.json, safetensors weights, tokenizer.json), decodes
+and encodes any `--image`, `--video`, `--audio` files, builds the chat prompt (or takes the prompt
+as the whole input with `--raw`, its `<image>`/`<video>`/`<so_embedding>` placeholders naming the
+media), and prints the answer as it streams. With `--json` the last line is one JSON object with
+`prompt_ids` (after expansion and EVS), `output_ids`, `text` and `token_counts` per modality.
+Without `--model` it uses the bundled default model in assets/.
 """
 
 from __future__ import annotations
@@ -39,7 +41,65 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute dtype (default: the checkpoint's)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     g.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    m = g.add_argument_group("media (placed before the prompt text; with --raw, at its <image>, <video>, "
+                             "<so_embedding> placeholders, in order)")
+    m.add_argument("--image", type=Path, action="append", default=[], help="an image file (repeatable)")
+    m.add_argument("--video", type=Path, action="append", default=[], help="a video file (repeatable)")
+    m.add_argument("--audio", type=Path, action="append", default=[], help="an audio file (repeatable)")
+    m.add_argument("--video-audio", action="store_true", help="also feed each video's audio track, after the video")
+    m.add_argument("--fps", type=float, default=None, help="sample videos at this rate (default 2)")
+    m.add_argument("--num-frames", type=int, default=None, help="sample N frames evenly spaced instead of --fps")
+    m.add_argument("--max-frames", type=int, default=128, help="at most this many frames a video (default 128)")
+    m.add_argument("--evs", type=float, default=None, metavar="RATE",
+                   help="Efficient Video Sampling pruning rate in [0, 1) (default: the checkpoint's)")
     return p
+
+
+def _media_embeddings(args, omni, text: str | None):
+    """Decode and encode every medium of the command line, in prompt order.
+
+    Without --raw the prompt gets one placeholder line per medium (images, then each video with
+    its audio track if asked, then audio files); with --raw, `text` names them in its own order.
+    Returns (media, placeholder_lines).
+    """
+    from fusion.prompt import PLACEHOLDERS, placeholder_kinds
+
+    if not (args.image or args.video or args.audio):
+        if args.raw and placeholder_kinds(text):
+            raise ValueError(f"the prompt names media ({', '.join(PLACEHOLDERS[k] for k in placeholder_kinds(text))}) "
+                             "but no --image, --video or --audio was given")
+        return [], ""
+    from encoders.media import load_audio, load_image, sample_video
+
+    if args.fps is not None and args.num_frames is not None:
+        raise ValueError("give --fps or --num-frames, not both")
+    queues = {"image": [], "video": [], "audio": []}
+    for path in args.image:
+        queues["image"].append(lambda path=path: omni.embed_image(load_image(path)))
+    for path in args.video:
+        def video(path=path):
+            clip = sample_video(path, fps=None if args.num_frames else (args.fps or 2.0),
+                                num_frames=args.num_frames, max_frames=args.max_frames)
+            return omni.embed_video(clip.frames, clip.indices, clip.avg_fps, evs_rate=args.evs)
+        queues["video"].append(video)
+        if args.video_audio:
+            queues["audio"].append(lambda path=path: omni.embed_audio(load_audio(path)))
+    for path in args.audio:
+        queues["audio"].append(lambda path=path: omni.embed_audio(load_audio(path)))
+    if args.raw:
+        kinds = placeholder_kinds(text)
+    else:
+        kinds = ["image"] * len(args.image)
+        for _ in args.video:
+            kinds += ["video"] + (["audio"] if args.video_audio else [])
+        kinds += ["audio"] * len(args.audio)
+    given = {k: len(q) for k, q in queues.items()}
+    named = {k: kinds.count(k) for k in queues}
+    if given != named:
+        raise ValueError(f"the prompt names {named} media but the command line gives {given}: with --raw, write one "
+                         + ", ".join(PLACEHOLDERS.values()) + " per medium")
+    media = [queues[k].pop(0)() for k in kinds]
+    return media, "".join(PLACEHOLDERS[k] + "\n" for k in kinds)
 
 
 def generate_command(args) -> int:
@@ -47,7 +107,7 @@ def generate_command(args) -> int:
     from tqdm import tqdm
 
     from engine.generate import SamplingParams, Session, generate
-    from engine.loader import load_decoder
+    from fusion.omni import OmniModel
     from engine.tokenizer import (THINK_END, ReasoningBudget, StreamDecoder, Tokenizer, build_chat_prompt,
                                   validate_template_tokens)
 
@@ -58,20 +118,27 @@ def generate_command(args) -> int:
                          "model.safetensors and tokenizer.json)")
     reasoning = not args.no_think
     tok = Tokenizer.from_dir(args.model)
+    if not args.raw:
+        validate_template_tokens(tok, reasoning)        # before any weight is loaded
+    t0 = time.perf_counter()
+    omni = OmniModel.load(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                          mtp=bool(args.speculative), tokenizer=tok)
+    model = omni.decoder
+    load_s = time.perf_counter() - t0
+    t_media = time.perf_counter()
+    media, placeholders = _media_embeddings(args, omni, args.prompt if args.raw else None)
+    media_s = time.perf_counter() - t_media
     if args.raw:
         text = args.prompt
     else:
-        validate_template_tokens(tok, reasoning)
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        text = build_chat_prompt(messages + [{"role": "user", "content": args.prompt}], reasoning=reasoning)
-    prompt_ids = tok.encode(text)
+        text = build_chat_prompt(messages + [{"role": "user", "content": placeholders + args.prompt}],
+                                 reasoning=reasoning)
+    inp = omni.prepare(text, media)
+    prompt_ids = inp.ids
     if not prompt_ids:
         raise ValueError("the prompt is empty")
-
-    t0 = time.perf_counter()
-    model = load_decoder(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None,
-                         mtp=bool(args.speculative))
-    load_s = time.perf_counter() - t0
+    embeds = omni.input_embeds(inp)
     greedy = args.greedy or args.temperature == 0 or args.speculative
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -88,7 +155,7 @@ def generate_command(args) -> int:
     with tqdm(total=len(prompt_ids), unit="tok", desc="prefill", file=sys.stderr,
               disable=len(prompt_ids) <= 4 * piece) as bar:
         for i in range(0, len(prompt_ids), piece):
-            session.prefill(prompt_ids[i:i + piece])
+            session.prefill(embeds=embeds[i:i + piece])
             bar.update(len(prompt_ids[i:i + piece]))
     prefill_s = time.perf_counter() - t1
     budget = None
@@ -127,7 +194,7 @@ def generate_command(args) -> int:
         print(tail, flush=True)
     decode_s = time.perf_counter() - t2
     text_out = tok.decode(out_ids)
-    stats = {"load_s": round(load_s, 3), "prefill_s": round(prefill_s, 3), "decode_s": round(decode_s, 3),
+    stats = {"load_s": round(load_s, 3), "media_s": round(media_s, 3), "prefill_s": round(prefill_s, 3), "decode_s": round(decode_s, 3),
              "prompt_tokens": len(prompt_ids), "output_tokens": len(out_ids),
              "decode_tokens_per_s": round(len(out_ids) / decode_s, 2) if decode_s > 0 else None,
              "session_memory_bytes": session.memory_bytes()}
@@ -135,7 +202,8 @@ def generate_command(args) -> int:
         stats["speculative"] = {"draft_tokens": args.speculative, "acceptance_rate": round(session.spec.acceptance_rate, 4),
                                 "steps": session.spec.steps}
     if args.json:
-        print(json.dumps({"prompt_ids": prompt_ids, "output_ids": out_ids, "text": text_out, "stats": stats}))
+        print(json.dumps({"prompt_ids": prompt_ids, "output_ids": out_ids, "text": text_out,
+                          "token_counts": inp.token_counts(), "stats": stats}))
     else:
         print(f"[{stats['prompt_tokens']} prompt tokens in {prefill_s:.2f}s, {len(out_ids)} tokens at "
               f"{stats['decode_tokens_per_s']} tok/s]", file=sys.stderr)

@@ -106,6 +106,12 @@ class MediaEmbedding:
         return "\n".join(label + IMG_START + IMAGE_TOKEN * int(c) + IMG_END for label, c in zip(self.labels, counts))
 
 
+def placeholder_kinds(text: str) -> list[str]:
+    """The media kinds `text`'s placeholders name, in order."""
+    kind_of = {v: k for k, v in PLACEHOLDERS.items()}
+    return [kind_of[p] for p in _PLACEHOLDER_RE.findall(text)]
+
+
 def expand_placeholders(text: str, media: list[MediaEmbedding]) -> str:
     """Replace the i-th placeholder of `text` by the expansion of `media[i]`; kinds must match."""
     found = _PLACEHOLDER_RE.findall(text)

@@ -1,0 +1,129 @@
+"""The whole Nemotron Omni model: decoder, vision and audio towers, tokenizer, prompt building.
+
+`OmniModel.load(dir)` reads a released or `save_pretrained` Omni checkpoint (or a text-only one:
+then it has no towers) and turns media into `MediaEmbedding`s; `prepare` builds the decoder
+input of a prompt whose placeholders name those media. Everything model-specific lives in the
+towers (encoders/) and the decoder (engine/); this file only wires them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.config import read_config_json
+from engine.loader import checkpoint_dtype, load_decoder, open_checkpoint
+from engine.tokenizer import Tokenizer
+from kernels.evs import evs_retention_mask
+
+from .prompt import IMAGE_TOKEN, AUDIO_TOKEN, MediaEmbedding, OmniInput, build_input, video_frame_labels
+
+
+@dataclass
+class OmniSettings:
+    """The Omni-level fields of config.json (new or legacy names)."""
+
+    image_token_id: int = 18
+    audio_token_id: int = 27
+    video_pruning_rate: float = 0.0
+    temporal_patch: int = 2
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config.json") -> "OmniSettings":
+        def pick(*names, default):
+            for n in names:
+                if raw.get(n) is not None:
+                    return raw[n]
+            return default
+        s = cls(image_token_id=int(pick("image_token_id", "img_context_token_id", default=18)),
+                audio_token_id=int(pick("audio_token_id", "sound_context_token_id", default=27)),
+                video_pruning_rate=float(pick("video_pruning_rate", default=0.0)),
+                temporal_patch=int(pick("video_temporal_patch_size", default=2)))
+        if not 0.0 <= s.video_pruning_rate < 1.0:
+            raise ValueError(f"{source}: video_pruning_rate must be in [0, 1), got {s.video_pruning_rate}")
+        if s.temporal_patch < 1:
+            raise ValueError(f"{source}: video_temporal_patch_size must be >= 1, got {s.temporal_patch}")
+        return s
+
+
+class OmniModel:
+    """Decoder + towers + tokenizer of one checkpoint folder."""
+
+    def __init__(self, decoder, tokenizer: Tokenizer, settings: OmniSettings, vision=None, audio=None):
+        self.decoder, self.tokenizer, self.settings = decoder, tokenizer, settings
+        self.vision, self.audio = vision, audio
+
+    @classmethod
+    def load(cls, model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu",
+             mtp: bool = False, tokenizer: Tokenizer | None = None) -> "OmniModel":
+        model_dir = Path(model_dir)
+        raw, cfg_path = read_config_json(model_dir)
+        decoder = load_decoder(model_dir, dtype=dtype, device=device, mtp=mtp)
+        tokenizer = tokenizer or Tokenizer.from_dir(model_dir)
+        settings = OmniSettings.from_dict(raw, str(cfg_path))
+        vision = audio = None
+        if "vision_config" in raw or "vit_hidden_size" in raw:
+            from encoders.audio import load_audio_tower
+            from encoders.vision import load_vision_tower
+            tensors = open_checkpoint(model_dir)
+            processor = _read_processor_config(model_dir)
+            tower_dtype = dtype or checkpoint_dtype(raw) or torch.float32
+            vision = load_vision_tower(raw, tensors, tower_dtype, device, processor)
+            if raw.get("audio_config") or raw.get("sound_config"):
+                audio = load_audio_tower(raw, tensors, tower_dtype, device)
+        return cls(decoder, tokenizer, settings, vision, audio)
+
+    # media -> embeddings -------------------------------------------------------------------------
+    def _need(self, tower, what: str):
+        if tower is None:
+            raise ValueError(f"this checkpoint has no {what} tower: it takes text only")
+        return tower
+
+    @torch.inference_mode()
+    def embed_image(self, image: torch.Tensor) -> MediaEmbedding:
+        """uint8 (H, W, 3) -> the image's prompt embeddings."""
+        return MediaEmbedding("image", self._need(self.vision, "vision").encode_image(image))
+
+    @torch.inference_mode()
+    def embed_video(self, frames: torch.Tensor, frame_indices: list[int], source_fps: float | None,
+                    evs_rate: float | None = None) -> MediaEmbedding:
+        """uint8 (T, H, W, 3) sampled frames (their indices in the source video and its frame rate
+        make the labels) -> the video's prompt embeddings, EVS applied at `evs_rate` (default: the
+        checkpoint's `video_pruning_rate`)."""
+        tubelets = self._need(self.vision, "vision").encode_video(frames)
+        rate = self.settings.video_pruning_rate if evs_rate is None else evs_rate
+        keep = evs_retention_mask(tubelets, rate) if rate > 0 else None
+        labels = video_frame_labels(frame_indices, source_fps, self.settings.temporal_patch)
+        return MediaEmbedding("video", tubelets, labels=labels, keep=keep)
+
+    @torch.inference_mode()
+    def embed_audio(self, samples: torch.Tensor) -> MediaEmbedding:
+        """float32 16 kHz mono samples -> the clip's prompt embeddings."""
+        return MediaEmbedding("audio", self._need(self.audio, "audio").encode(samples))
+
+    # prompt -> decoder input ---------------------------------------------------------------------
+    def prepare(self, text: str, media: list[MediaEmbedding]) -> OmniInput:
+        return build_input(self.tokenizer, text, media, image_token_id=self.settings.image_token_id,
+                           audio_token_id=self.settings.audio_token_id)
+
+    @torch.inference_mode()
+    def input_embeds(self, inp: OmniInput) -> torch.Tensor:
+        return inp.embeds(self.decoder.embed)
+
+
+def _read_processor_config(model_dir: Path) -> dict:
+    """processor_config.json (what save_pretrained writes) or the legacy preprocessor_config.json."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        p = model_dir / name
+        if p.exists():
+            try:
+                return json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: not valid JSON ({e})") from None
+    return {}
+
+
+__all__ = ["OmniModel", "OmniSettings", "IMAGE_TOKEN", "AUDIO_TOKEN"]
