@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.attention import causal_attention
 from kernels.linear import linear
 from kernels.mamba import causal_conv1d, ssd_chunked, ssd_step
 from kernels.moe import grouped_experts, route
+from kernels.norm import gated_rms_norm, rms_norm
 
 from .config import ATTENTION, MAMBA, MLP as MLP_KIND, MOE, DecoderConfig
 from .state import State
@@ -44,7 +46,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -56,9 +58,7 @@ class GatedRMSNorm(nn.Module):
         self.group_size, self.eps = group_size, eps
 
     def forward(self, y, z):
-        y = y.float() * F.silu(z.float())
-        g = F.rms_norm(y.view(*y.shape[:-1], -1, self.group_size), (self.group_size,), None, self.eps)
-        return self.weight.float() * g.view_as(y)
+        return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
 
 
 class Mamba2Mixer(nn.Module):
@@ -140,15 +140,7 @@ class Attention(nn.Module):
         if state.prefix:
             out = _attend_segments(q, [s.kv[i] for s in state.prefix] + [(keys, values)], o)
         else:
-            causal = not ragged and o == 0 and T > 1        # a first prefill: plain causal attention
-            if ragged:
-                mask = (torch.arange(Lk) < torch.tensor(offsets)[:, None] + 1)[:, None, None, :]
-            elif T == 1 or causal:
-                mask = None
-            else:
-                mask = torch.arange(Lk)[None, :] <= (o + torch.arange(T))[:, None]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask.to(q.device),
-                                                 is_causal=causal, enable_gqa=H != Hkv)
+            out = causal_attention(q, keys, values, offsets)
         return self.o_proj(out.transpose(1, 2).reshape(b, T, H * D))
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import torch
 
+from . import triton as tk
+
 FIRST_TUBELET_SCORE = 255.0   # above any 1 - cos (at most 2): the first tubelet always survives
 
 
 def evs_dissimilarity(video_embeds: torch.Tensor) -> torch.Tensor:
     """[T, n, D] projected embeddings of one clip -> [T, n] scores (fp32)."""
+    if tk.enabled(video_embeds):
+        from .triton import evs
+        return evs.evs_dissimilarity(video_embeds, FIRST_TUBELET_SCORE)
     e = video_embeds.float()
     d = 1 - torch.nn.functional.cosine_similarity(e[1:], e[:-1], dim=-1)
     first = torch.full_like(e[:1, :, 0], FIRST_TUBELET_SCORE)

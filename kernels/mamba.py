@@ -11,13 +11,15 @@ The recurrence every function here computes (`dt` already softplus'ed and clampe
 `ssd_sequential` is that recurrence written out, the reference the others are tested against.
 `ssd_chunked` is the fast path for prefill: within a chunk of Q positions the recurrence is a
 masked (Q x Q) matrix product, between chunks a short loop carries the state (Mamba2's "SSD").
-`ssd_step` is the decode step. On CUDA the Triton kernels in this folder replace them.
+`ssd_step` is the decode step. On CUDA the Triton kernels in kernels/triton/ replace them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import triton as tk
 
 
 def causal_conv1d(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -27,6 +29,9 @@ def causal_conv1d(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tenso
     Returns the output (b, L, c) and the new state: the last K-1 inputs, so that a stream
     convolved in pieces equals one pass over the whole.
     """
+    if tk.enabled(x, conv_state, weight):
+        from .triton import conv
+        return conv.causal_conv1d(x, conv_state, weight, bias)
     b, L, c = x.shape
     k = weight.shape[-1]
     full = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=2)        # (b, c, K-1+L)
@@ -62,6 +67,9 @@ def ssd_sequential(x, dt, A, B, C, D, state=None):
 
 def ssd_step(state, x, dt, A, B, C, D):
     """One decode step, in place on `state` (b, h, p, n). x (b, h, p), dt (b, h), B/C (b, g, n)."""
+    if tk.enabled(state, x, B, C) and state.is_contiguous():
+        from .triton import ssd
+        return ssd.ssd_step(state, x, dt, A, B, C, D)
     b, h, p, n = state.shape
     g = B.shape[1]
     s = state.view(b, g, h // g, p, n)      # heads grouped: B and C broadcast, never copied
@@ -88,6 +96,9 @@ def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
 
 def ssd_chunked(x, dt, A, B, C, D, state=None, chunk_size: int = 128):
     """The chunked SSD scan in batched matrix products (fp32). Returns (y, final state)."""
+    if tk.enabled(x, B, C):
+        from .triton import ssd
+        return ssd.ssd_chunked(x, dt, A, B, C, D, state)     # its own chunk size: same result
     b, L, h, p = x.shape
     g, n = B.shape[-2], B.shape[-1]
     Q = min(chunk_size, L)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import triton as tk
 from .linear import column_pair, linear
 
 
 def route(logits: torch.Tensor, correction_bias: torch.Tensor, top_k: int, n_group: int, topk_group: int,
           norm_topk_prob: bool, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits (N, E), fp32 -> (expert ids (N, k), weights (N, k) fp32)."""
+    if tk.enabled(logits, correction_bias):
+        from .triton import moe
+        return moe.route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
     scores = logits.sigmoid()
     choice = scores + correction_bias
     if n_group > 1:
@@ -40,6 +44,9 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
 
     x (N, d), ids/weights (N, k); up[e] (I, d), down[e] (d, I).
     """
+    if tk.enabled(x, up[0], down[0]):
+        from .triton import moe
+        return moe.grouped_experts(x, ids, weights, up, down)
     N, k = ids.shape
     if N == 1 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
         # decode: just the token's k experts, in expert order as below, in kernels.linear's layout
