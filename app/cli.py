@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-frames", type=int, default=128, help="at most this many frames a video (default 128)")
     m.add_argument("--evs", type=float, default=None, metavar="RATE",
                    help="Efficient Video Sampling pruning rate in [0, 1) (default: the checkpoint's)")
+    _add_service_commands(sub)
     return p
 
 
@@ -210,12 +211,118 @@ def generate_command(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command is None:
-        # Until the UI lands, the main job demonstrates the bundled model on the command line.
-        args = _parser().parse_args(["generate", "--prompt", "Hello! What can you do?", "--max-new-tokens", "48"])
+def _server_options(p: argparse.ArgumentParser, port: int = 7860) -> None:
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=port, help=f"port of the API and the UI (default {port})")
+    p.add_argument("--api-key", default=None, help="require this key (default: $OMNISTREAM_API_KEY; none on 127.0.0.1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--vad", choices=["auto", "silero", "energy"], default="auto", help="server VAD (default: silero if installed)")
+    p.add_argument("--clip-seconds", type=float, default=2.0, help="live audio is encoded in clips this long (default 2)")
+    p.add_argument("--max-sessions", type=int, default=32)
+    p.add_argument("--max-session-seconds", type=float, default=4 * 3600.0)
+    p.add_argument("--max-message-mb", type=float, default=16.0, help="largest client message (default 16 MB)")
+    p.add_argument("--max-file-mb", type=float, default=12.0, help="largest uploaded image/audio/video (default 12 MB)")
+    p.add_argument("--rate-limit", type=float, default=200.0, help="client events per second per session (default 200)")
+    p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a client event (default 600)")
+    p.add_argument("--resume-grace", type=float, default=60.0, help="seconds a dropped session waits for its client")
+
+
+def _add_service_commands(sub) -> None:
+    s = sub.add_parser("serve", help="the API and the UI with encoders in-process (the default command)")
+    _server_options(s)
+    d = sub.add_parser("decoder", help="the API and the decoder; encoders connect to its embedding link")
+    _server_options(d)
+    d.add_argument("--link-host", default="127.0.0.1", help="address of the embedding link (default 127.0.0.1)")
+    d.add_argument("--link-port", type=int, default=7861, help="port of the embedding link (default 7861)")
+    e = sub.add_parser("encoder", help="an encoder service feeding a decoder's embedding link")
+    e.add_argument("--connect", required=True, metavar="URL", help="the decoder's link, e.g. ws://127.0.0.1:7861")
+    e.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder (its towers are used)")
+    e.add_argument("--name", default=None, help="this encoder's name (default: host-pid); a restart keeps its sessions")
+    e.add_argument("--api-key", default=None, help="the decoder's key (default: $OMNISTREAM_API_KEY)")
+    e.add_argument("--clip-seconds", type=float, default=2.0)
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+
+
+def _server_config(args, in_process: bool):
+    import os
+    from app.realtime import Limits
+    from app.server import ServerConfig
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: not a folder (a checkpoint folder holds config.json, "
+                         "model.safetensors and tokenizer.json)")
+    key = args.api_key or os.environ.get("OMNISTREAM_API_KEY") or None
+    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it "
+              "(set --api-key or OMNISTREAM_API_KEY)", file=sys.stderr)
+    limits = Limits(max_sessions=args.max_sessions, max_session_s=args.max_session_seconds,
+                    max_message_bytes=int(args.max_message_mb * (1 << 20)), max_file_bytes=int(args.max_file_mb * (1 << 20)),
+                    rate_per_s=args.rate_limit, rate_burst=int(2 * args.rate_limit), idle_timeout_s=args.idle_timeout,
+                    resume_grace_s=args.resume_grace)
+    return ServerConfig(model_dir=args.model, api_key=key, limits=limits, in_process_encoder=in_process,
+                        link_host=getattr(args, "link_host", "127.0.0.1"),
+                        link_port=getattr(args, "link_port", None), vad=args.vad, clip_s=args.clip_seconds,
+                        threads=args.threads, dtype=args.dtype)
+
+
+def serve_command(args, in_process: bool = True) -> int:
+    from app.server import serve
+    config = _server_config(args, in_process)
+    if args.model.resolve() == DEFAULT_MODEL.resolve():
+        print("note: serving the bundled default model, a random text-only placeholder (assets/README.md): it "
+              "answers nonsense and takes no media; pass --model DIR for a real checkpoint", file=sys.stderr)
+    where = f"http://{args.host}:{args.port}"
+    print(f"omnistream: UI {where}/  realtime ws://{args.host}:{args.port}/v1/realtime  "
+          f"chat {where}/v1/chat/completions" + (f"  embedding link ws://{config.link_host}:{config.link_port}"
+                                                 if config.link_port else ""), file=sys.stderr)
+    serve(config, args.host, args.port)
+    return 0
+
+
+def encoder_command(args) -> int:
+    import asyncio
+    import os
+    import socket
+
+    import torch
+
+    from app.encoder_service import EncoderService, run_encoder_client
+    from fusion.omni import OmniModel
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: not a folder")
+    if not args.connect.startswith(("ws://", "wss://")):
+        raise ValueError(f"--connect {args.connect}: expected a ws:// or wss:// URL")
+    omni = OmniModel.load(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    if omni.audio is None and omni.vision is None:
+        print("note: this checkpoint has no encoder towers (text-only): the encoder will refuse media", file=sys.stderr)
+    service = EncoderService.from_omni(omni, clip_s=args.clip_seconds)
+    omni.decoder = None          # the encoder service needs the towers only
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    key = args.api_key or os.environ.get("OMNISTREAM_API_KEY") or None
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     try:
+        asyncio.run(run_encoder_client(args.connect, service, name, key, log=log))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve"] + argv          # `python -m app [--model DIR] [--port N] ...`: the server
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve_command(args)
+        if args.command == "decoder":
+            return serve_command(args, in_process=False)
+        if args.command == "encoder":
+            return encoder_command(args)
         return generate_command(args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,340 @@
+"""The engine loop: the one worker that owns the decoder.
+
+Everything that touches the model runs here, in one thread, step after step: pending input
+(chat headers, text, arriving `EmbeddingChunk`s) is prefilled into its session, then every
+active answer decodes one token together (`BatchDecoder`, continuous batching: answers join and
+leave between steps). The asyncio side talks to it only through a bounded inbox and gets token
+ids back through each answer's queue; a full inbox makes producers wait.
+
+A session's decoder input is its chat header (system instructions, the open user turn), then
+its chunks in arrival order; a question is answered from a fork of that state (the question
+text, the end of the user turn, the assistant header), so the stream keeps appending to the
+original while the answer decodes. The fork shares the KV cache and is thrown away after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from engine.generate import BatchDecoder, SamplingParams, Session
+from engine.tokenizer import THINK_END, ReasoningBudget, build_chat_prompt
+from fusion.stream import EmbeddingChunk, chunk_input
+
+_MARK = "\x00"     # stands for the stream's media while the chat template renders around it
+
+
+def stream_header(instructions: str = "") -> str:
+    """The text before a session's media: system turn, then the open user turn."""
+    text = build_chat_prompt([{"role": "system", "content": instructions.replace(_MARK, "")},
+                              {"role": "user", "content": _MARK}])
+    return text.split(_MARK)[0]
+
+
+def question_tail(question: str = "", reasoning: bool = True) -> str:
+    """The text after a session's media: the question, the end of the user turn, the assistant header."""
+    text = build_chat_prompt([{"role": "user", "content": _MARK + question.replace(_MARK, "")}], reasoning=reasoning)
+    return text.split(_MARK)[1]
+
+
+class EngineError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class ResponseRequest:
+    response_id: str
+    session: str
+    tail: str                          # text after the stream (see question_tail)
+    params: SamplingParams
+    reasoning_budget: int | None = None
+
+
+@dataclass
+class ResponseHandle:
+    """An answer as the asyncio side sees it: `async for token_id in handle`, then `status`."""
+    request: ResponseRequest
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    created_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    status: str | None = None          # completed | cancelled | incomplete | failed
+    reason: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> int:
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.created_at
+
+
+class _Batch(BatchDecoder):
+    def leave(self, session: Session) -> None:
+        """Take `session` out of the batch now; its state goes back into it."""
+        for s in self.slots:
+            if s.session is session:
+                s.done = True
+        self._retire()
+
+    def has(self, session: Session) -> bool:
+        return any(s.session is session for s in self.slots)
+
+
+@dataclass
+class _Stream:
+    session: Session
+    on_error: object                   # callable(code, message), run on the asyncio side
+    tokens: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class _Answer:
+    handle: ResponseHandle
+    stream_id: str
+    fork: Session
+    params: SamplingParams
+    budget: ReasoningBudget | None
+    produced: int = 0
+    last: int | None = None
+
+
+class EngineLoop:
+    """Owns the decoder; see the module docstring. Start with `await start()`."""
+
+    def __init__(self, decoder, tokenizer, *, image_token_id: int, audio_token_id: int, max_inbox: int = 256,
+                 prefill_tokens_per_step: int = 2048):
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.placeholder = {"image": image_token_id, "video": image_token_id, "audio": audio_token_id}
+        self.inbox: asyncio.Queue = asyncio.Queue(max_inbox)
+        self.prefill_tokens_per_step = prefill_tokens_per_step
+        self.stop_ids = tuple(tokenizer.eos_ids)
+        self._think_end = tokenizer.token_id(THINK_END) if tokenizer.has_token(THINK_END) else None
+        # owned by the engine thread
+        self._streams: dict[str, _Stream] = {}
+        self._answers: dict[str, _Answer] = {}
+        self._batch = _Batch(decoder)
+        self._pending: collections.deque = collections.deque()
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._task: asyncio.Task | None = None
+        self.steps = 0
+        self.prefilled_chunks = 0
+
+    # ---- the asyncio side ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._thread.shutdown(wait=True)
+
+    async def open_session(self, sid: str, header: str, on_error) -> None:
+        await self.inbox.put(("open", sid, header, on_error))
+
+    async def append(self, sid: str, piece: str | EmbeddingChunk) -> None:
+        """Queue text or a chunk for the session's stream (waits while the inbox is full)."""
+        await self.inbox.put(("append", sid, piece))
+
+    async def respond(self, request: ResponseRequest) -> ResponseHandle:
+        handle = ResponseHandle(request)
+        await self.inbox.put(("respond", handle))
+        return handle
+
+    async def cancel(self, response_id: str) -> None:
+        await self.inbox.put(("cancel", response_id))
+
+    async def close_session(self, sid: str) -> None:
+        await self.inbox.put(("close", sid))
+
+    async def stats(self) -> dict:
+        """Sessions, answers and the bytes their states hold, once everything queued before is done."""
+        fut = asyncio.get_running_loop().create_future()
+        await self.inbox.put(("stats", fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            cmds = []
+            if not self._pending and not len(self._batch):
+                cmds.append(await self.inbox.get())
+            while not self.inbox.empty() and len(cmds) < 256:
+                cmds.append(self.inbox.get_nowait())
+            try:
+                deliveries = await loop.run_in_executor(self._thread, self._work, cmds)
+            except asyncio.CancelledError:
+                raise
+            for deliver in deliveries:
+                deliver()
+
+    # ---- the engine thread -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def _work(self, cmds: list) -> list:
+        out: list = []
+        self._pending.extend(cmds)
+        budget = self.prefill_tokens_per_step if len(self._batch) else float("inf")
+        spent = 0
+        while self._pending and spent < budget:
+            cmd = self._pending.popleft()
+            try:
+                spent += self._command(cmd, out)
+            except Exception as e:                    # a bug must not take the loop down
+                out.append(lambda e=e, cmd=cmd: print(f"engine: {cmd[0]} failed: {e!r}"))
+        if len(self._batch):
+            self._decode_step(out)
+        return out
+
+    def _command(self, cmd, out: list) -> int:
+        kind = cmd[0]
+        if kind == "open":
+            _, sid, header, on_error = cmd
+            self._streams[sid] = stream = _Stream(Session(self.decoder), on_error)
+            return self._prefill(sid, stream, header, out)
+        if kind == "append":
+            _, sid, piece = cmd
+            stream = self._streams.get(sid)
+            return 0 if stream is None else self._prefill(sid, stream, piece, out)
+        if kind == "respond":
+            self._start_answer(cmd[1], out)
+            return 0
+        if kind == "cancel":
+            ans = self._answers.get(cmd[1])
+            if ans is not None:
+                self._finish(ans, "cancelled", "client_cancelled", out)
+            return 0
+        if kind == "close":
+            self._streams.pop(cmd[1], None)
+            for ans in [a for a in self._answers.values() if a.stream_id == cmd[1]]:
+                self._finish(ans, "cancelled", "session_closed", out)
+            return 0
+        if kind == "stats":
+            stats = self._stats()
+            out.append(lambda f=cmd[1]: f.done() or f.set_result(stats))
+            return 0
+        raise ValueError(f"unknown engine command {kind!r}")
+
+    def _prefill(self, sid: str, stream: _Stream, piece, out: list) -> int:
+        try:
+            if isinstance(piece, EmbeddingChunk):
+                x = chunk_input(piece, self.tokenizer, self.decoder.embed, self.placeholder[piece.modality])
+                stream.session.prefill(embeds=x)
+                stream.chunks += 1
+                self.prefilled_chunks += 1
+                n = x.shape[0]
+            else:
+                ids = self.tokenizer.encode(piece)
+                stream.session.prefill(ids)
+                n = len(ids)
+        except ValueError as e:
+            out.append(lambda e=e: stream.on_error("context_length_exceeded" if "context length" in str(e)
+                                                   else "invalid_embeddings", str(e)))
+            return 0
+        stream.tokens += n
+        return n
+
+    def _start_answer(self, handle: ResponseHandle, out: list) -> None:
+        req = handle.request
+        stream = self._streams.get(req.session)
+        if stream is None:
+            return self._fail(handle, "session_not_found", f"session {req.session!r} is closed", out)
+        if stream.session.logits is None and not req.tail:
+            return self._fail(handle, "empty_input", "nothing to answer from: the session holds no input", out)
+        fork = stream.session.fork()
+        try:
+            ids = self.tokenizer.encode(req.tail)
+            fork.prefill(ids)
+            fork.check_room(1)
+        except ValueError as e:
+            return self._fail(handle, "context_length_exceeded", str(e), out)
+        handle.input_tokens = fork.length
+        budget = None
+        if req.reasoning_budget is not None and self._think_end is not None:
+            close = self.tokenizer.encode("\n") + [self._think_end]
+            budget = ReasoningBudget(max(1, req.reasoning_budget), self._think_end, close)
+        params = replace(req.params, stop_ids=tuple(req.params.stop_ids) or self.stop_ids)
+        ans = _Answer(handle, req.session, fork, params, budget)
+        self._answers[req.response_id] = ans
+        if params.max_new_tokens == 0:
+            return self._finish(ans, "incomplete", "max_output_tokens", out)
+        self._batch.join(fork, params)
+
+    def _decode_step(self, out: list) -> None:
+        by_fork = {id(a.fork): a for a in self._answers.values()}
+        emitted = self._batch.step()
+        self.steps += 1
+        for sess, tok in emitted:
+            ans = by_fork[id(sess)]
+            ans.produced += 1
+            ans.last = tok
+            out.append(lambda h=ans.handle, t=tok: _deliver(h, t))
+            forced = ans.budget.step(tok) if ans.budget is not None and tok not in ans.params.stop_ids else None
+            if forced and self._batch.has(sess):
+                self._batch.leave(sess)
+                forced = forced[:ans.params.max_new_tokens - ans.produced]
+                if forced:
+                    sess.prefill(forced)
+                    for t in forced:
+                        out.append(lambda h=ans.handle, t=t: _deliver(h, t))
+                    ans.produced += len(forced)
+                    ans.last = forced[-1]
+                left = ans.params.max_new_tokens - ans.produced
+                if left > 0:
+                    self._batch.join(sess, replace(ans.params, max_new_tokens=left))
+        for ans in list(self._answers.values()):
+            if not self._batch.has(ans.fork):
+                if ans.last in ans.params.stop_ids:
+                    self._finish(ans, "completed", None, out)
+                else:
+                    self._finish(ans, "incomplete", "max_output_tokens", out)
+
+    def _finish(self, ans: _Answer, status: str, reason: str | None, out: list) -> None:
+        if self._batch.has(ans.fork):
+            self._batch.leave(ans.fork)
+        self._answers.pop(ans.handle.request.response_id, None)
+        h, n = ans.handle, ans.produced
+
+        def deliver():
+            h.status, h.reason, h.output_tokens = status, reason, n
+            h.queue.put_nowait(None)
+        out.append(deliver)
+
+    def _fail(self, handle: ResponseHandle, code: str, message: str, out: list) -> None:
+        def deliver():
+            handle.status, handle.reason, handle.error = "failed", code, message
+            handle.queue.put_nowait(None)
+        out.append(deliver)
+
+    def _stats(self) -> dict:
+        own = sum(s.session.memory_bytes()["own"] for s in self._streams.values())
+        if self._batch.state is not None:
+            own += self._batch.state.memory_bytes()["own"]
+        return {"sessions": len(self._streams), "answers": len(self._answers), "state_bytes": own,
+                "steps": self.steps, "prefilled_chunks": self.prefilled_chunks,
+                "session_tokens": {k: s.tokens for k, s in self._streams.items()}}
+
+
+def _deliver(handle: ResponseHandle, token: int) -> None:
+    if handle.first_token_at is None:
+        handle.first_token_at = time.perf_counter()
+    handle.queue.put_nowait(token)
