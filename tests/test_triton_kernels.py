@@ -18,6 +18,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 
 import kernels.triton as tk
 from kernels import attention as ref_attention
@@ -67,6 +68,15 @@ def assert_close(got, want, dtype, what=""):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_references():
+    """On CUDA, PyTorch's fp32 convolutions may use TF32; the references must not."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # ---- norms ----------------------------------------------------------------------------------

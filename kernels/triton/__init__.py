@@ -106,7 +106,11 @@ def launch(kernel, grid: tuple[int, ...], device: torch.device, *args, **kwargs)
         _recorder.append((kernel, grid, args, kwargs))
         return
     if device.type != "cpu":
-        kernel[grid](*args, **kwargs)
+        if device.index is not None and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):             # Triton launches on the current device
+                kernel[grid](*args, **kwargs)
+        else:
+            kernel[grid](*args, **kwargs)
         return
     kwargs = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
     with _interpreter_mode():
