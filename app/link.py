@@ -123,6 +123,8 @@ def unpack(frame: bytes, limits: LinkLimits = LinkLimits()) -> Message:
     if len(frame) < _PREFIX.size:
         raise LinkError(f"link frame: {len(frame)} bytes, shorter than its {_PREFIX.size}-byte prefix")
     kind, hlen = _PREFIX.unpack_from(frame)
+    if kind not in (KIND_CHUNK, KIND_MEDIA, KIND_CONTROL):
+        raise LinkError(f"link frame: unknown kind {kind} (1 chunk, 2 media, 3 control)")
     if hlen > limits.max_header_bytes or _PREFIX.size + hlen > len(frame):
         raise LinkError(f"link frame: header length {hlen} does not fit the frame or the limit")
     try:
@@ -142,8 +144,6 @@ def unpack(frame: bytes, limits: LinkLimits = LinkLimits()) -> Message:
         if media_kind not in MEDIA_KINDS:
             raise LinkError(f"link frame: unknown media kind {media_kind!r} (expected one of {MEDIA_KINDS})")
         return Media(session, media_kind, bytes(payload), _field(header, "meta", dict))
-    if kind != KIND_CHUNK:
-        raise LinkError(f"link frame: unknown kind {kind} (1 chunk, 2 media, 3 control)")
     dtype = DTYPES.get(_field(header, "dtype", str, 16))
     if dtype is None:
         raise LinkError(f"link frame: dtype {header['dtype']!r} is not one of {sorted(DTYPES)}")

@@ -1,0 +1,237 @@
+"""The service's parts without a server: link framing, the encoder pool's backpressure, the
+engine loop's batched answers, the VAD."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from app.engine_loop import EngineLoop, ResponseRequest, question_tail, stream_header
+from app.link import (Control, EncoderPool, LinkError, LinkLimits, Media, PoolError, pack, queue_link, unpack)
+from app.vad import EnergyVAD, TurnDetector, make_scorer, silero_model_path
+from engine.generate import SamplingParams, Session, generate
+from engine.loader import load_decoder
+from engine.tokenizer import Tokenizer
+from fusion.stream import EmbeddingChunk, chunk_input
+
+DEFAULT = "assets/default-model"
+
+
+# ---- link framing ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_chunk_round_trip_is_bit_exact(dtype):
+    emb = torch.randn(7, 48).to(dtype)
+    c = EmbeddingChunk("sess_1", "video", 1.5, 2.5, "Frame 1 sampled at 1.50 seconds: ", emb, seq=3)
+    back = unpack(pack(c))
+    assert isinstance(back, EmbeddingChunk)
+    assert (back.session, back.modality, back.t0, back.t1, back.label, back.seq) == \
+        ("sess_1", "video", 1.5, 2.5, "Frame 1 sampled at 1.50 seconds: ", 3)
+    assert back.embeds.dtype == dtype and torch.equal(back.embeds.view(torch.uint8), emb.view(torch.uint8))
+
+
+def test_media_and_control_round_trip():
+    m = unpack(pack(Media("s", "frame", b"\xff\xd8\xffabc", {"t_ms": 1200})))
+    assert (m.session, m.kind, m.data, m.meta) == ("s", "frame", b"\xff\xd8\xffabc", {"t_ms": 1200})
+    c = unpack(pack(Control("s", "flush", {"token": "resp_1"})))
+    assert (c.session, c.type, c.data) == ("s", "flush", {"token": "resp_1"})
+
+
+def _chunk_frame(header: dict, payload: bytes) -> bytes:
+    import json
+    h = json.dumps(header).encode()
+    return struct.pack("<BI", 1, len(h)) + h + payload
+
+
+GOOD = {"session": "s", "modality": "audio", "t0": 0.0, "t1": 1.0, "label": "", "seq": 0, "dtype": "float32",
+        "shape": [2, 4]}
+
+
+@pytest.mark.parametrize("change, payload, words", [
+    ({"shape": [3, 4]}, 32, "needs 48 bytes"),
+    ({"shape": [2, -4]}, 32, "non-negative"),
+    ({"shape": [1 << 30, 1 << 20]}, 0, "exceeds the limits"),
+    ({"dtype": "int64"}, 32, "not one of"),
+    ({"modality": "smell"}, 32, "modality"),
+    ({"t0": 2.0}, 32, "t0 <= t1"),
+    ({"session": 5}, 32, "'session' must be str"),
+    ({"label": "x" * 5000}, 32, "over the limit"),
+])
+def test_bad_chunk_frames_are_refused_with_the_reason(change, payload, words):
+    with pytest.raises(LinkError, match=words):
+        unpack(_chunk_frame({**GOOD, **change}, bytes(payload)))
+
+
+def test_frame_size_limits_are_checked_before_parsing():
+    with pytest.raises(LinkError, match="over the limit"):
+        unpack(b"\x01" + b"\x00" * 100, LinkLimits(max_frame_bytes=64))
+    with pytest.raises(LinkError, match="header length"):
+        unpack(struct.pack("<BI", 1, 1 << 30) + b"{}")
+    with pytest.raises(LinkError, match="unknown kind"):
+        unpack(struct.pack("<BI", 9, 2) + b"{}")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200) | st.builds(lambda k, h, p: struct.pack("<BI", k, len(h)) + h + p,
+                                           st.integers(0, 4), st.binary(max_size=80), st.binary(max_size=40)))
+def test_random_link_frames_never_crash_the_parser(data):
+    try:
+        unpack(data)
+    except LinkError:
+        pass
+
+
+# ---- the encoder pool ------------------------------------------------------------------------------
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    async def encoder_event(self, msg):
+        self.events.append(msg)
+
+
+class _Engine:   # the pool only needs append(); the real engine is tested below
+    def __init__(self):
+        self.got = []
+
+    async def append(self, sid, chunk):
+        self.got.append(chunk)
+
+
+def test_pool_drops_the_oldest_frame_and_refuses_audio_over_the_backlog():
+    async def main():
+        pool = EncoderPool(_Engine(), max_frames=3, max_audio_s=1.0)
+        dec, enc = queue_link(4)
+        await enc.send(Control("", "hello", {"name": "e1"}))
+        serve = asyncio.create_task(pool.serve(dec))
+        await asyncio.wait_for(pool.connected.wait(), 5)
+        sink = _Recorder()
+        pool.open("s", {}, sink)
+        # the encoder reads nothing: the queue to it fills, then the session's feed holds the rest
+        dropped = sum(pool.submit("s", Media("s", "frame", b"\xff\xd8\xff", {"t_ms": i})) for i in range(20))
+        await asyncio.sleep(0.05)
+        sent = []
+        while not enc.inbox.empty():
+            sent.append(await enc.recv())
+        frames = [m for m in sent if isinstance(m, Media)]
+        # open + what the link queue took, then the newest 3 still waiting; everything else dropped
+        assert isinstance(sent[0], Control) and sent[0].type == "open"
+        waiting = list(pool.feeds["s"].queue)
+        assert dropped == 20 - len(frames) - len(waiting) and len(waiting) <= 3
+        assert [m.meta["t_ms"] for m in waiting] == list(range(20 - len(waiting), 20))
+        pool.submit("s", Media("s", "audio", b"\x00" * 4 * 12000))
+        with pytest.raises(PoolError) as e:
+            pool.submit("s", Media("s", "audio", b"\x00" * 4 * 8000))
+        assert e.value.code == "input_audio_buffer_overflow"
+        # the encoder vanishing tells the session, with the loss counted
+        await enc.close()
+        await asyncio.wait_for(serve, 5)
+        assert sink.events[-1].type == "error" and sink.events[-1].data["code"] == "encoder_unavailable"
+        with pytest.raises(PoolError) as e:
+            pool.submit("s", Media("s", "frame", b"\xff\xd8\xff", {"t_ms": 0}))
+        assert e.value.code == "encoder_unavailable"
+    asyncio.run(main())
+
+
+# ---- the engine loop -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return load_decoder(DEFAULT), Tokenizer.from_dir(DEFAULT)
+
+
+def test_batched_answers_equal_one_at_a_time_greedy_and_state_is_freed(model):
+    dec, tok = model
+    chunk = EmbeddingChunk("s1", "audio", 0.0, 2.0, "", torch.randn(5, dec.cfg.hidden_size) * 0.5)
+
+    async def main():
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27)
+        await e.start()
+        errors = []
+        base = await e.stats()
+        await e.open_session("s1", stream_header("be brief"), lambda c, m: errors.append(c))
+        await e.append("s1", chunk)
+        await e.append("s1", "streamed text ")
+        handles = [await e.respond(ResponseRequest(f"r{i}", "s1", question_tail(f"question {i}?"),
+                                                   SamplingParams(max_new_tokens=12 + i))) for i in range(3)]
+        outs = [[t async for t in h] for h in handles]
+        stats = await e.stats()
+        await e.close_session("s1")
+        after = await e.stats()
+        await e.stop()
+        return errors, handles, outs, base, stats, after
+
+    errors, handles, outs, base, stats, after = asyncio.run(main())
+    assert not errors
+    ref = Session(dec)
+    ref.prefill(tok.encode(stream_header("be brief")))
+    ref.prefill(embeds=chunk_input(chunk, tok, dec.embed, 27))
+    ref.prefill(tok.encode("streamed text "))
+    for i, (h, out) in enumerate(zip(handles, outs)):
+        f = ref.fork()
+        f.prefill(tok.encode(question_tail(f"question {i}?")))
+        want = list(generate(f, SamplingParams(max_new_tokens=12 + i, stop_ids=tuple(tok.eos_ids))))
+        assert out == want
+        assert h.status in ("completed", "incomplete") and h.output_tokens == len(out)
+        assert h.input_tokens == f.length - len(want)
+    assert stats["sessions"] == 1 and stats["state_bytes"] > 0
+    assert after["sessions"] == 0 and after["state_bytes"] == base["state_bytes"] == 0
+
+
+def test_cancel_and_reasoning_budget(model):
+    dec, tok = model
+
+    async def main():
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27)
+        await e.start()
+        await e.open_session("s", stream_header(), print)
+        long = await e.respond(ResponseRequest("a", "s", question_tail("go"), SamplingParams(max_new_tokens=200)))
+        budget = await e.respond(ResponseRequest("b", "s", question_tail("go"), SamplingParams(max_new_tokens=30),
+                                                 reasoning_budget=3))
+        first = await long.__anext__()
+        await e.cancel("a")
+        rest = [t async for t in long]
+        out_b = [t async for t in budget]
+        missing = await e.respond(ResponseRequest("c", "nope", question_tail("go"), SamplingParams(max_new_tokens=5)))
+        out_c = [t async for t in missing]
+        await e.stop()
+        return long, 1 + len(rest), budget, out_b, missing, out_c
+
+    long, n_long, budget, out_b, missing, out_c = asyncio.run(main())
+    assert long.status == "cancelled" and long.reason == "client_cancelled" and n_long < 200
+    end = tok.token_id("</think>")
+    assert end in out_b[:6], "the reasoning budget closes <think> after 3 tokens"
+    assert out_b[3:5] == tok.encode("\n") + [end] or out_b.index(end) < 3
+    assert missing.status == "failed" and missing.reason == "session_not_found" and out_c == []
+
+
+# ---- VAD ---------------------------------------------------------------------------------------------
+
+def test_turn_detector_events_on_the_stream_clock():
+    vad = TurnDetector(EnergyVAD(-30.0), threshold=0.5, prefix_padding_ms=100, silence_duration_ms=320)
+    sr = 16000
+    silence = torch.zeros(sr)
+    tone = 0.3 * torch.sin(2 * torch.pi * 300 * torch.arange(sr) / sr)
+    events = []
+    for piece in (silence, tone, silence):
+        for k in range(0, sr, 1000):                 # fed in uneven pieces
+            events += vad.feed(piece[k:k + 1000])
+    assert [e.type for e in events] == ["speech_started", "speech_stopped"]
+    assert abs(events[0].ms - (1000 - 100)) <= 32        # speech at 1.0 s, minus the prefix padding
+    assert abs(events[1].ms - 2000) <= 32                 # silence from 2.0 s, stopped 320 ms later
+
+
+@pytest.mark.skipif(silero_model_path() is None, reason="silero-vad is not installed")
+def test_silero_scores_noise_low_and_keeps_state():
+    s = make_scorer("silero")
+    assert s.kind == "silero"
+    rng = np.random.default_rng(0)
+    scores = [s.score(torch.from_numpy((0.001 * rng.standard_normal(512)).astype(np.float32))) for _ in range(20)]
+    assert all(0.0 <= p < 0.5 for p in scores)
+    assert s.state.shape == (2, 1, 128) and np.abs(s.state).sum() > 0
