@@ -7,8 +7,9 @@
   and mono is the mean of the channels. decord is not used for audio: its stereo output is
   corrupt and it ignores Opus pre-skip.
 - Video: frame times are the container's presentation timestamps (packets, no decoding), so
-  variable frame rates are exact. Only the sampled frames are decoded: decord when it can open
-  the file (fast seeking), PyAV otherwise (e.g. AV1), both returning RGB uint8.
+  variable frame rates are exact. Only the sampled frames are decoded: decord when it can
+  (it seeks to keyframes), PyAV when decord cannot open or decode the file (AV1, some VP9);
+  both give the same RGB uint8 pixels.
 
 Media clock: time 0 is the container's start time. Frame times are `pts * time_base - start`;
 audio sample k lies at k / sample_rate, so an audio track that begins after the start is
@@ -34,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")   # PIL formats taken as images
 MAX_FRAME_PIXELS = 64_000_000        # per image or video frame; headers above this are refused
 MAX_CLIP_BYTES = 8 << 30             # a sampled clip larger than this is refused before decoding
-_TRUNCATION_SLACK = (0.25, 0.01)     # audio may end this much (s, fraction) before its declared end
+_TRUNCATION_SLACK = (0.1, 0.01)      # media may end this much (s, fraction) before its declared end
 
 
 class MediaError(ValueError):
@@ -93,7 +94,7 @@ def _decoding(path, what: str):
     """Any library error inside becomes a MediaError; ours pass through."""
     try:
         yield
-    except MediaError:
+    except (MediaError, MemoryError):
         raise
     except Exception as e:
         raise MediaError(path, f"cannot decode {what}: the file is truncated or corrupt "
@@ -102,11 +103,20 @@ def _decoding(path, what: str):
 
 def _open_container(path) -> av.container.InputContainer:
     try:
-        return av.open(path, metadata_errors="ignore")
+        c = av.open(path, metadata_errors="ignore")
     except av.error.InvalidDataError as e:
         raise MediaError(path, "not a media file ffmpeg can read (unknown format or corrupt data)") from e
     except Exception as e:
         raise MediaError(path, f"cannot open ({type(e).__name__}: {e})") from e
+    name = c.format.name
+    if name in ("image2", "gif") or name.endswith("_pipe"):    # ffmpeg took it for an image by its name
+        c.close()
+        raise MediaError(path, "not a readable image: corrupt, or not the image its name says")
+    return c
+
+
+def _truncated(declared: float, got: float) -> bool:
+    return declared - got > _TRUNCATION_SLACK[0] + _TRUNCATION_SLACK[1] * declared
 
 
 def _open_image(path):
@@ -161,18 +171,28 @@ class _VideoIndex:
     duration: float
     width: int
     height: int
-    codec: str
 
 
 def _index_video(path, container, stream) -> _VideoIndex:
-    """Demux (no decoding) the video stream's packets: frame count and presentation times."""
+    """Demux (no decoding) the video stream's packets: frame count and presentation times.
+    Audio packets are read too, only to see where the media ends (truncated files)."""
     tb = stream.time_base
+    cc = stream.codec_context
+    if cc.width <= 0 or cc.height <= 0:
+        raise MediaError(path, "the video stream declares no frame size")
     pts, last_duration = [], 0
+    ends = {}                                 # stream index -> largest pts + duration
+    streams = [stream] + [s for s in container.streams if s.type == "audio"]
     with _decoding(path, "the video packets"):
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
+        for packet in container.demux(streams):
+            if packet.size == 0:
                 continue
             t = packet.pts if packet.pts is not None else packet.dts
+            if t is not None:
+                i = packet.stream_index
+                ends[i] = max(ends.get(i, t), t + (packet.duration or 0))
+            if packet.stream_index != stream.index or packet.is_discard:
+                continue
             if t is None:
                 raise MediaError(path, "video frames carry no timestamps; remux it into mp4 or mkv")
             pts.append(t)
@@ -182,15 +202,20 @@ def _index_video(path, container, stream) -> _VideoIndex:
     if stream.frames and len(pts) < stream.frames:
         raise MediaError(path, f"the file is truncated: its index lists {stream.frames} video frames "
                                f"but only {len(pts)} are present")
-    pts.sort()
     origin = _origin(container)
+    if container.duration and ends:
+        declared = container.duration / av.time_base
+        end = max(float(e * container.streams[i].time_base - origin) for i, e in ends.items())
+        if _truncated(declared, end):
+            raise MediaError(path, f"the file is truncated: it should last {declared:.2f} s "
+                                   f"but its streams end at {end:.2f} s")
+    pts.sort()
     times = [float(p * tb - origin) for p in pts]
     rate = stream.average_rate
     span = times[-1] - times[0]
     avg_fps = float(rate) if rate else (len(pts) - 1) / span if span > 0 else 1.0
     frame_dur = float(last_duration * tb) if last_duration else 1.0 / avg_fps
-    cc = stream.codec_context
-    return _VideoIndex(pts, times, avg_fps, times[-1] + frame_dur, cc.width, cc.height, _codec_name(stream))
+    return _VideoIndex(pts, times, avg_fps, times[-1] + frame_dur, cc.width, cc.height)
 
 
 def _load_video_index(path) -> _VideoIndex:
@@ -342,7 +367,7 @@ def _audio_blocks(path, container, stream, sample_rate: int, k0: int, k1: int | 
         raise MediaError(path, "the audio stream is empty (0 samples)")
     if declared is not None and pos < k1:     # decoded to the end before the declared end
         got = first_time + native_samples / native_rate
-        if declared - got > _TRUNCATION_SLACK[0] + _TRUNCATION_SLACK[1] * declared:
+        if _truncated(declared, got):
             raise MediaError(path, f"the file is truncated: the audio track should last {declared:.2f} s "
                                    f"but ends at {got:.2f} s")
     if kept == 0:
@@ -479,15 +504,22 @@ def _read_frames(path, indices: list[int], index: _VideoIndex, backend: str | No
     """(index, uint8 HxWx3) for each wanted index in order, from decord or PyAV."""
     if backend not in (None, "decord", "av"):
         raise MediaError(path, f"unknown video backend {backend!r} (use 'decord', 'av' or None)")
-    frames = None
+    done = 0
     if backend in (None, "decord"):
         frames = _frames_decord(path, indices, len(index.pts), batch)
-        if frames is None and backend == "decord":
-            raise MediaError(path, "decord cannot decode this video; use backend='av' or None")
-    if frames is None:
-        frames = _frames_av(path, indices, index)
+        try:
+            if frames is None:
+                raise RuntimeError("decord cannot open it")
+            for item in frames:
+                yield item
+                done += 1
+            return
+        except Exception as e:               # decord fails on some valid files (AV1, some VP9)
+            if backend == "decord":
+                raise MediaError(path, f"decord cannot decode this video ({type(e).__name__}: {e}); "
+                                       "use backend='av' or None") from e
     with _decoding(path, "the video"):
-        yield from frames
+        yield from _frames_av(path, indices[done:], index)
 
 
 def _check_frame_size(path, index: _VideoIndex, max_pixels: int):
