@@ -8,7 +8,6 @@ towers (encoders/) and the decoder (engine/); this file only wires them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,13 +66,13 @@ class OmniModel:
         vision = audio = None
         if "vision_config" in raw or "vit_hidden_size" in raw:
             from encoders.audio import load_audio_tower
-            from encoders.vision import load_vision_tower
+            from encoders.vision import load_vision_tower, read_processor_config
             tensors = open_checkpoint(model_dir)
-            processor = _read_processor_config(model_dir)
             tower_dtype = dtype or checkpoint_dtype(raw) or torch.float32
-            vision = load_vision_tower(raw, tensors, tower_dtype, device, processor)
+            vision = load_vision_tower(raw, tensors, tower_dtype, device, read_processor_config(model_dir),
+                                       where=str(model_dir))
             if raw.get("audio_config") or raw.get("sound_config"):
-                audio = load_audio_tower(raw, tensors, tower_dtype, device)
+                audio = load_audio_tower(raw, tensors, tower_dtype, device, where=str(model_dir))
         return cls(decoder, tokenizer, settings, vision, audio)
 
     # media -> embeddings -------------------------------------------------------------------------
@@ -101,8 +100,10 @@ class OmniModel:
 
     @torch.inference_mode()
     def embed_audio(self, samples: torch.Tensor) -> MediaEmbedding:
-        """float32 16 kHz mono samples -> the clip's prompt embeddings."""
-        return MediaEmbedding("audio", self._need(self.audio, "audio").encode(samples))
+        """float32 16 kHz mono samples -> the recording's prompt embeddings, one run per clip."""
+        tower = self._need(self.audio, "audio")
+        clips = [tower.cfg.num_clip_tokens(n) for n in tower.cfg.clip_sizes(len(samples))]
+        return MediaEmbedding("audio", tower.encode(samples), clip_tokens=clips)
 
     # prompt -> decoder input ---------------------------------------------------------------------
     def prepare(self, text: str, media: list[MediaEmbedding]) -> OmniInput:
@@ -112,18 +113,6 @@ class OmniModel:
     @torch.inference_mode()
     def input_embeds(self, inp: OmniInput) -> torch.Tensor:
         return inp.embeds(self.decoder.embed)
-
-
-def _read_processor_config(model_dir: Path) -> dict:
-    """processor_config.json (what save_pretrained writes) or the legacy preprocessor_config.json."""
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        p = model_dir / name
-        if p.exists():
-            try:
-                return json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: not valid JSON ({e})") from None
-    return {}
 
 
 __all__ = ["OmniModel", "OmniSettings", "IMAGE_TOKEN", "AUDIO_TOKEN"]

@@ -7,7 +7,7 @@ A prompt names its media with placeholders, in order: `<image>` an image, `<vide
     image  <img><image>*n</img>
     video  Frame 1 sampled at 0.00 seconds and frame 2 sampled at 0.50 seconds: <img><image>*n</img>
            ... one labelled <img></img> run per tubelet, joined by newlines
-    audio  <so_start><so_embedding>*n<so_end>
+    audio  <so_start><so_embedding>*n<so_end>, one such run per 30 s clip
 
 Videos use the image token too. EVS-pruned video tokens are left out of the expansion (every
 label and every `<img></img>` pair stays), which gives the ids the reference gets by pruning
@@ -61,12 +61,15 @@ class MediaEmbedding:
     embeds: image and audio (n, D); video (tubelets, tokens_per_tubelet, D).
     labels: video only, the text before each tubelet (see `video_frame_labels`).
     keep: video only, the EVS retention mask (tubelets, tokens_per_tubelet); None keeps all.
+    clip_tokens: audio only, the tokens of each clip the encoder cut the audio into (each clip
+        gets its own <so_start>...<so_end>, as consecutive audio inputs do); None: one run.
     """
 
     kind: str
     embeds: torch.Tensor
     labels: list[str] | None = None
     keep: torch.Tensor | None = None
+    clip_tokens: list[int] | None = None
 
     def __post_init__(self):
         if self.kind not in PLACEHOLDERS:
@@ -80,6 +83,8 @@ class MediaEmbedding:
             if self.keep is not None and self.keep.shape != self.embeds.shape[:2]:
                 raise PromptError(f"EVS mask {tuple(self.keep.shape)} does not match the video's "
                                   f"{tuple(self.embeds.shape[:2])} tokens")
+        if self.clip_tokens is not None and sum(self.clip_tokens) != self.embeds.shape[0]:
+            raise PromptError(f"audio clips of {self.clip_tokens} tokens do not add up to its {self.embeds.shape[0]}")
 
     @property
     def num_tokens(self) -> int:
@@ -100,7 +105,7 @@ class MediaEmbedding:
         if self.kind == "image":
             return IMG_START + IMAGE_TOKEN * self.num_tokens + IMG_END
         if self.kind == "audio":
-            return SO_START + AUDIO_TOKEN * self.num_tokens + SO_END
+            return "".join(SO_START + AUDIO_TOKEN * n + SO_END for n in (self.clip_tokens or [self.num_tokens]))
         n = self.embeds.shape[1]
         counts = self.keep.sum(1).tolist() if self.keep is not None else [n] * self.embeds.shape[0]
         return "\n".join(label + IMG_START + IMAGE_TOKEN * int(c) + IMG_END for label, c in zip(self.labels, counts))
