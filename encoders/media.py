@@ -4,8 +4,9 @@
   decoding, EXIF orientation applied, converted to RGB (as transformers' `load_image` does).
 - Audio (any container/codec ffmpeg reads; also the audio track of a video): PyAV decodes, its
   AudioResampler (libswresample) converts to float32 at the target rate keeping the channels,
-  and mono is the mean of the channels. decord is not used for audio: its stereo output is
-  corrupt and it ignores Opus pre-skip.
+  and mono is the mean of the channels; a track is cut at the length its container declares
+  (the last codec frame's padding). decord is not used for audio: its stereo output is corrupt
+  and it ignores Opus pre-skip.
 - Video: frame times are the container's presentation timestamps (packets, no decoding), so
   variable frame rates are exact. Only the sampled frames are decoded: decord when it can
   (it seeks to keyframes), PyAV when decord cannot open or decode the file (AV1, some VP9);
@@ -21,11 +22,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -424,7 +424,8 @@ def sample_indices(total_frames: int, video_fps: float, *, fps: float | None = N
     """Frame indices as transformers' video processors sample them (`default_sample_indices_fn`):
     `num_frames=n` -> `arange(n) * total // n`; `fps=f` -> `n = max(1, int(total / video_fps * f))`
     then the same rule; neither -> every frame. `max_frames` caps n before the rule, so a capped
-    clip still spans the whole video. More frames than the video has is an error (as there)."""
+    clip still spans the whole video. Asking `num_frames` beyond the video's frames is an error
+    (as there); an `fps` above the video's gives every frame (where the reference raises)."""
     if fps is not None and num_frames is not None:
         raise ValueError("fps and num_frames are mutually exclusive; pass one")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
@@ -434,13 +435,12 @@ def sample_indices(total_frames: int, video_fps: float, *, fps: float | None = N
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames!r}")
     if fps is not None:
-        num_frames = max(1, int(total_frames / video_fps * fps))
+        num_frames = min(max(1, int(total_frames / video_fps * fps)), total_frames)
     n = total_frames if num_frames is None else num_frames
     if max_frames is not None:
         n = min(n, max_frames)
     if n > total_frames:
-        raise ValueError(f"asked for {n} frames but the video has {total_frames} "
-                         f"({video_fps:.3f} fps); ask for fewer frames or a lower fps")
+        raise ValueError(f"asked for {n} frames but the video has {total_frames}; ask for fewer")
     return [i * total_frames // n for i in range(n)]
 
 
@@ -481,20 +481,21 @@ def _frames_decord(path, indices, total: int, batch: int):
 
 def _frames_av(path, indices, index: _VideoIndex):
     """PyAV reader: decodes in order from the start and keeps the wanted frames (matched by pts)."""
-    wanted = {index.pts[i]: i for i in indices}
-    last = index.pts[max(indices)]
-    found = set()
+    if not indices:
+        return
+    order = {p: k for k, p in enumerate(index.pts)}     # pts -> presentation index
+    wanted, last, found, k = set(indices), max(indices), set(), -1
     with _open_container(path) as c:
         v = _stream(c, "video")
         v.thread_type = "AUTO"
         for frame in c.decode(v):
-            i = wanted.get(frame.pts)
-            if i is not None and i not in found:
-                found.add(i)
-                yield i, frame.to_ndarray(format="rgb24")
-            if frame.pts is not None and frame.pts >= last:
+            k = order.get(frame.pts, k + 1)             # a frame without a known pts follows the last
+            if k in wanted and k not in found:
+                found.add(k)
+                yield k, frame.to_ndarray(format="rgb24")
+            if k >= last:
                 break
-    missing = sorted(set(indices) - found)
+    missing = sorted(wanted - found)
     if missing:
         raise MediaError(path, f"could not decode video frames {missing[:5]}"
                                f"{'...' if len(missing) > 5 else ''}: the file is truncated or corrupt")
@@ -549,11 +550,15 @@ def sample_video(path, *, fps: float | None = None, num_frames: int | None = Non
         raise MediaError(path, f"{len(idx)} frames of {index.width}x{index.height} need {size / 2**30:.1f} GiB, "
                                f"over max_bytes; lower fps / max_frames or use iter_video_frames")
     frames = torch.empty(len(idx), index.height, index.width, 3, dtype=torch.uint8)
-    for k, (i, arr) in enumerate(_read_frames(path, idx, index, backend)):
+    got = 0
+    for i, arr in _read_frames(path, idx, index, backend):
         if arr.shape != frames.shape[1:]:
             raise MediaError(path, f"frame {i} is {arr.shape[1]}x{arr.shape[0]}, the stream declares "
                                    f"{index.width}x{index.height}; resolution changes are not supported")
-        frames[k] = torch.from_numpy(arr)
+        frames[got] = torch.from_numpy(arr)
+        got += 1
+    if got != len(idx):
+        raise MediaError(path, f"only {got} of {len(idx)} sampled frames could be decoded")
     return VideoClip(frames, idx, [index.times[i] for i in idx], index.avg_fps, len(index.pts), index.duration)
 
 
