@@ -215,7 +215,7 @@ class SpanStream:
 def format_seconds(t: float) -> str:
     """A time as the canonical format writes it: one decimal, or two when the second is needed."""
     s = f"{t:.2f}"
-    return s[:-1] if s.endswith("0") else s
+    return s.removesuffix("0")
 
 
 def format_step(start: float, end: float, text: str) -> str:
