@@ -5,6 +5,7 @@ and the official openai SDK as a realtime client."""
 from __future__ import annotations
 
 import asyncio
+import io
 import base64
 import json
 import struct
@@ -399,3 +400,62 @@ def test_openai_sdk_realtime_client_streams_audio_and_reads_the_answer(media_ser
     assert isinstance(done, ResponseDoneEvent) and done.response.status == "incomplete"
     assert done.response.usage.output_tokens == 6 and deltas
     assert done.response.output[0].content[0].text == "".join(d.delta for d in deltas)
+
+
+# ---- the Python client ------------------------------------------------------------------------------
+
+def test_client_streams_a_file_as_if_live_and_collects_the_answers(media_server, tmp_path):
+    import wave
+
+    from app.client import Printer, file_events, run as client_run
+    path = tmp_path / "tone.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(pcm16(0.8))
+    events = list(file_events(str(path), fps=1.0))
+    assert len(events) == 8 and all(e["type"] == "input_audio_buffer.append" for _, e in events)
+    out = io.StringIO()
+    answers = run(client_run(media_server.url, iter(events), [(0.35, "early?"), (None, "late?")], speed=0,
+                             max_tokens=3, printer=Printer(out)))
+    assert len(answers) == 2 and out.getvalue().count("<<< incomplete, 3 tokens") == 2
+
+
+def _node_with_websocket():
+    import shutil
+    import subprocess
+    node = shutil.which("node")
+    if node is None:
+        return None
+    for flags in ([], ["--experimental-websocket"]):
+        r = subprocess.run([node, *flags, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"],
+                           capture_output=True)
+        if r.returncode == 0:
+            return [node, *flags]
+    return None
+
+
+def test_browser_client_omnistream_js_asks_and_reads_the_answer(scripted, tmp_path):
+    import subprocess
+    from pathlib import Path
+    node = _node_with_websocket()
+    if node is None:
+        pytest.skip("node with a WebSocket global is not installed")
+    js = Path(__file__).resolve().parent.parent / "app" / "static" / "omnistream.js"
+    script = tmp_path / "ask.cjs"
+    script.write_text(f"""
+const OmniStream = require({json.dumps(str(js))});
+const os = new OmniStream(process.argv[2]);
+let text = "", spans = [];
+os.on("delta", (d) => {{ text += d; }});
+os.on("annotation", (a) => spans.push(a));
+os.on("done", (r) => {{ console.log(JSON.stringify({{status: r.status, text, spans, protocol: os.ws.protocol}})); os.close(); }});
+os.connect().then(() => os.ask("when?"));
+""")
+    r = subprocess.run([*node, str(script), scripted.url], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"status": "completed", "text": "[3 s]", "protocol": "realtime",
+                   "spans": [{"type": "media_timestamp", "start_ms": 3000, "end_ms": 3000, "source": "stream",
+                              "start_index": 0, "end_index": 5}]}
