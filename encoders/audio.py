@@ -254,7 +254,7 @@ def log_mel(waves: torch.Tensor, cfg: AudioConfig, filters: torch.Tensor) -> tor
     window = torch.hann_window(cfg.win_length, periodic=False, dtype=x.dtype, device=x.device)
     spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length, window=window,
                       center=True, pad_mode="constant", return_complex=True)
-    power = torch.view_as_real(spec).square().sum(-1)                   # [B, freq, frames]
+    power = spec.real.square() + spec.imag.square()                     # [B, freq, frames]
     mel = torch.log(torch.matmul(filters, power) + LOG_GUARD).transpose(1, 2)
     valid = n // cfg.hop_length
     frames = mel[:, :valid]
