@@ -320,7 +320,8 @@ NANO = dict(hidden=2688, heads=32, kv_heads=2, head_dim=128, mamba_heads=64, mam
 
 
 def nano_launches():
-    """Every launch of every launcher, at Nano 30B-A3B sizes in bf16, recorded (not run)."""
+    """Every launch of every launcher, at Nano 30B-A3B sizes in bf16 (and the tl.dot kernels
+    in fp32 too), recorded (not run)."""
     c, bf = NANO, torch.bfloat16
     g = torch.Generator().manual_seed(0)
     r = lambda *s, dtype=bf: torch.randn(*s, generator=g).to(dtype)   # noqa: E731
@@ -354,6 +355,13 @@ def nano_launches():
         attention.decode_attention(r(2, 1, c["heads"], c["head_dim"]).transpose(1, 2), r(2, 2, 4096, 128),
                                    r(2, 2, 4096, 128), [4000, 17])
         evs.evs_dissimilarity(r(8, 256, c["hidden"]), 255.0)
+        # fp32 (exact, non-tensor-core) products in the kernels that use tl.dot
+        f = torch.float32
+        ssd.ssd_chunked(x.float(), dt, A, B.float(), B.float(), D, state)
+        moe.grouped_experts(r(3, 64, dtype=f), torch.randint(0, 4, (3, 2)), w[:3, :2], [r(32, 64, dtype=f)] * 4,
+                            [r(64, 32, dtype=f)] * 4)
+        attention.prefill_attention(q.float(), kv[:, :, :L].float(), kv[:, :, :L].float(), 0)
+        attention.decode_attention(q[:, :, :1].float(), kv.float(), kv.float())
     return launches
 
 
