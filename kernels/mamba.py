@@ -77,7 +77,10 @@ def ssd_step(state, x, dt, A, B, C, D):
     dA = torch.exp(dt * A)                                                    # (b, h)
     s.mul_(dA.view(b, g, h // g, 1, 1)).addcmul_((dt[:, :, None] * xf).view(b, g, h // g, p, 1),
                                                  B.float().view(b, g, 1, 1, n))
-    return torch.matmul(s, C.float().view(b, g, 1, n, 1)).view(b, h, p) + D[:, None] * xf
+    # y = s . C as a row vector times the transposed state: MKL's fast layout for this product
+    # (s @ C-as-a-column is a batch of tiny matrix-vector calls, measured 6x slower here)
+    y = torch.matmul(C.float().view(b, g, 1, n), s.view(b, g, (h // g) * p, n).transpose(-1, -2))
+    return y.view(b, h, p) + D[:, None] * xf
 
 
 def _segsum_exp(a: torch.Tensor) -> torch.Tensor:
