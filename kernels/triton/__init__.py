@@ -45,14 +45,14 @@ def enabled(*tensors: torch.Tensor) -> bool:
     """Whether the Triton kernels should replace the PyTorch path for these input tensors.
     Called once per kernel call on the CPU path too, so the common case returns early."""
     m = os.environ.get("OMNISTREAM_KERNELS")
-    if m is None or m == "auto":
+    if m is not None and m != "auto":
+        m = mode()                                  # normalizes the spelling or raises
+    if m == "torch":
+        return False
+    if m != "triton":
         for t in tensors:
             if not t.is_cuda:
                 return False
-    elif m not in MODES:
-        m = mode()                                  # normalizes the spelling or raises
-    if m == "torch" or (m == "auto" and not all(t.is_cuda for t in tensors)):
-        return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return available()
