@@ -14,8 +14,9 @@ is fully masked, so it attends uniformly to every position of the (batch-padded)
 transformers encodes the clips of one call as a batch padded to the longest clip, which only
 that extra token can see; `encode` reproduces it by padding such a clip to the longest clip.
 
-Clip splitting follows the released processor (vLLM's `ParakeetExtractor`): full 30 s clips,
-then the remainder, at least 0.1 s. `AudioStream` encodes a live waveform clip by clip with a
+Clip splitting follows the serving processor of the released model (vLLM's `ParakeetExtractor`;
+transformers' processor makes one clip of each audio): full 30 s clips, then the remainder, at
+least 0.1 s. All clips of one audio fill one `<so_start>...<so_end>` span, in time order. `AudioStream` encodes a live waveform clip by clip with a
 bounded buffer; with its default 30 s clips it gives exactly what `encode` gives for the whole
 waveform. Shorter clips cut latency, but each clip is encoded on its own (no context across a
 boundary) and each may carry its extra token, so the embeddings differ from a one-shot encode.
