@@ -1,7 +1,8 @@
 """The FastAPI application: the public API, the UI page, auth and limits, on one port.
 
-    GET  /                      the example page of omnistream.js (the UI comes later)
-    GET  /static/...            omnistream.js and the page's files
+    GET  /                      the UI (app/ui.py: a Gradio app mounted after every route below)
+    GET  /example               the example page of omnistream.js
+    GET  /static/...            omnistream.js, the UI's and the example page's files
     GET  /health                liveness, model, sessions, encoders (no key needed)
     GET  /v1/models             the served model
     POST /v1/chat/completions   OpenAI chat with image / audio / video parts, SSE streaming
@@ -149,7 +150,7 @@ def create_app(config: ServerConfig, omni=None):
         return api_error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)",
                          type_="authentication_error")
 
-    @app.get("/")
+    @app.get("/example")
     async def index():
         return FileResponse(STATIC / "index.html")
 
@@ -194,6 +195,8 @@ def create_app(config: ServerConfig, omni=None):
         await server.hub.handle(ws)
 
     app.state.server = server
+    from .ui import mount_ui              # last: its mount at / takes what no route above matched
+    mount_ui(app, config)
     return app
 
 
