@@ -16,6 +16,8 @@ and its events run in the browser (`js=`), so answers never queue behind Gradio'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import os
 from pathlib import Path
@@ -138,7 +140,7 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
             with gr.Column(scale=3, min_width=300):
                 gr.HTML(MEDIA_PANEL, head=head, js_on_load="window.omniUI.attachMedia(element);",
                         elem_id="omni-media")
-                upload = gr.File(label="Upload a video (mp4, webm, mov, mkv), an audio file or images",
+                upload = gr.File(label="Upload video, audio or images",
                                  file_count="multiple", file_types=list(MEDIA_EXT), elem_id="omni-upload")
                 with gr.Row():
                     mic = gr.Button("Microphone", elem_id="omni-mic", size="sm")
@@ -195,8 +197,24 @@ def mount_ui(app, config, path: str = "/", demo_dir: Path | None = None):
                               font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
     allowed = [str(demo_dir.resolve())] if demo_dir.is_dir() else []
     _serve_gradio_static(app)
-    return gr.mount_gradio_app(app, demo, path=path, footer_links=[], run_history=False, theme=theme,
-                               allowed_paths=allowed, ssr_mode=False, mcp_server=False, pwa=False)
+    app = gr.mount_gradio_app(app, demo, path=path, footer_links=[], run_history=False, theme=theme,
+                              allowed_paths=allowed, ssr_mode=False, mcp_server=False, pwa=False)
+    # Gradio's queue workers wake every millisecond (progress every 10 ms) even when idle, on the
+    # event loop the API shares. No event of this page goes through the queue (they run in the
+    # browser; examples load with queue=False): let them poll at 20 Hz.
+    demo._queue.sleep_when_free = 0.05
+    demo._queue.progress_update_sleep_when_free = 0.1
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            yield state
+        demo._queue.close()                   # its workers end at their next wake-up, before the loop closes
+        await asyncio.sleep(0.12)
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def _serve_gradio_static(app) -> None:

@@ -570,14 +570,14 @@
       turn.text += delta;
       turn.deltas += 1;
       turn.status = "writing";
-      this._schedule(turn);
+      this._render(turn);
     }
 
     _annotation(id, a) {
       const turn = this.byResponse[id];
       if (!turn) return;
       turn.annotations.push(a);
-      this._schedule(turn);
+      this._render(turn);
     }
 
     _done(response) {
@@ -637,13 +637,10 @@
     }
 
     // ---- drawing ---------------------------------------------------------------------------------
-    _schedule(turn) {
-      turn.dirty = true;
+    // Text is drawn at once, delta by delta; the strip (canvases) at most once a frame.
+    _stripSoon() {
       if (this._raf) return;
-      this._raf = requestAnimationFrame(() => {
-        this._raf = 0;
-        for (const t of this.turns) if (t.dirty) this._render(t);
-      });
+      this._raf = requestAnimationFrame(() => { this._raf = 0; this.drawStrip(); });
     }
 
     setActive(turn) {
@@ -657,7 +654,6 @@
     // Split the text into reasoning steps (one a line) and the answer, with each annotation as a
     // chip in its place; an annotation in the answer is evidence.
     _render(turn) {
-      turn.dirty = false;
       if (!turn.node) return;
       const text = turn.text;
       let cut = turn.reasoning ? text.indexOf(THINK_END) : 0;
@@ -666,6 +662,7 @@
       const node = turn.node;
       node.replaceChildren();
       node.dataset.status = turn.status;
+      node.dataset.deltas = turn.deltas;
       const q = el("div", "omni-q");
       const nl = turn.question.indexOf("\n");
       if (nl < 0) q.textContent = turn.question;
@@ -716,7 +713,7 @@
         meta.textContent = bits.join(" \u00b7 ");
       }
       node.append(meta);
-      if (turn === this.active) this.drawStrip();
+      if (turn === this.active) this._stripSoon();
     }
 
     _inline(parent, text, from, to, spans, evidence) {

@@ -1,0 +1,278 @@
+"""The UI in a real browser: Playwright drives Debian's chromium against a server these tests start.
+
+The server is the real app (create_app: the API and the Gradio UI on one port) serving a scripted
+Omni checkpoint (tests/ui_fixtures.py): real towers encode every frame and every microphone clip,
+and the answer is known in advance, `[2–5 sec] A tone plays</think>Heard 6-9 s`, so the tests
+can check what the page shows against it: the streamed text, the time spans the server annotated
+drawn as chips and on the media strip, where a click seeks the player. The demo clip is made by
+recipes.synthetic (20 s, H.264 + AAC); chromium's fake microphone and camera stand in for a
+person's. Every test fails if the page asked for anything but this server, got an HTTP error,
+or threw.
+
+Screenshots of each step are saved to .cache/screenshots/ui/ (gitignored) for review.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_fixtures import (EVIDENCE_SPAN_MS, REASONING_SPAN_MS, build_scripted_omni_checkpoint,
+                         chromium_available, launch_chromium, make_demo_folder, write_corrupt_video)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / ".cache" / "screenshots" / "ui"
+CLIP_S = 20
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not chromium_available():
+        message = "Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from app.server import ServerConfig, create_app
+    from service_fixtures import RunningServer
+    model = tmp_path_factory.mktemp("scripted-omni")
+    build_scripted_omni_checkpoint(model)
+    demo = make_demo_folder(tmp_path_factory.mktemp("demo"), seconds=CLIP_S)
+    old = os.environ.get("OMNISTREAM_DEMO_DIR")
+    os.environ["OMNISTREAM_DEMO_DIR"] = str(demo)
+    try:
+        app = create_app(ServerConfig(model_dir=model, model_name="scripted-omni", vad="energy"))
+    finally:
+        os.environ.pop("OMNISTREAM_DEMO_DIR") if old is None else os.environ.__setitem__("OMNISTREAM_DEMO_DIR", old)
+    srv = RunningServer(app)
+    srv.demo_clip, srv.model_dir = next((demo / "clips").glob("*.mp4")), model
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page of the UI with what it sent and received recorded."""
+
+    def __init__(self, browser, server, width=1280, height=1000):
+        self.ctx = browser.new_context(viewport={"width": width, "height": height},
+                                       permissions=["microphone", "camera"])
+        self.page = self.ctx.new_page()
+        self.server = server
+        self.requests, self.bad, self.errors, self.sent = [], [], [], []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("response", lambda r: self.bad.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("websocket", lambda ws: ws.on("framesent", self._frame))
+
+    def _frame(self, payload):
+        if isinstance(payload, str):
+            self.sent.append(json.loads(payload).get("type"))
+
+    def open(self):
+        self.page.goto(f"http://127.0.0.1:{self.server.port}/")
+        self.page.wait_for_function("document.getElementById('omni-model')?.textContent.includes('scripted-omni')",
+                                    timeout=30000)
+
+    def shot(self, name):
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def ask(self, question=None, reasoning=True):
+        p = self.page
+        if question is not None:
+            p.locator("#omni-question textarea").fill(question)
+        box = p.locator("#omni-reasoning input[type=checkbox]")
+        if box.is_checked() != reasoning:
+            box.click()
+        n = p.locator(".omni-turn").count()
+        p.locator("#omni-ask").click()
+        p.wait_for_function(f"document.querySelectorAll('.omni-turn').length > {n} && "
+                            "document.querySelector('.omni-turn').dataset.status === 'completed'", timeout=60000)
+        return p.locator(".omni-turn").first
+
+    def current_time(self, selector):
+        return self.page.evaluate(f"document.querySelector({json.dumps(selector)}).currentTime")
+
+    def check_clean(self):
+        """Nothing but this server was asked for, nothing failed, nothing threw."""
+        here = (f"http://127.0.0.1:{self.server.port}/", f"ws://127.0.0.1:{self.server.port}/")
+        outside = [u for u in self.requests if not u.startswith(here + ("blob:", "data:"))]
+        assert outside == [], f"the page asked for other hosts: {outside[:5]}"
+        assert self.bad == [], f"HTTP errors: {self.bad[:5]}"
+        assert self.errors == [], f"page errors: {self.errors[:5]}"
+
+
+@pytest.fixture
+def ui(browser, server):
+    page = Page(browser, server)
+    yield page
+    page.ctx.close()
+
+
+def text_tokens(server, question: str, reasoning: bool = True) -> int:
+    """Tokens of a session with no media: the stream header and the question's tail."""
+    from app.engine_loop import question_tail, stream_header
+    from engine.tokenizer import Tokenizer
+    tok = Tokenizer.from_dir(server.model_dir)
+    return len(tok.encode(stream_header(""))) + len(tok.encode(question_tail(question, reasoning)))
+
+
+def chips(turn):
+    return [(c.inner_text(), int(c.get_attribute("data-start-ms")), int(c.get_attribute("data-end-ms")),
+             "omni-evidence" in c.get_attribute("class")) for c in turn.locator(".omni-chip").all()]
+
+
+def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(ui):
+    p = ui.page
+    ui.open()
+    ui.shot("01-page")
+    p.locator("#omni-demos button", has_text=ui.server.demo_clip.name).click()      # one click: clip and question
+    p.wait_for_function("document.querySelector('.omni-intake')?.dataset.ready === '1'", timeout=60000)
+    assert "Reason step by step with timestamps" in p.locator("#omni-question textarea").input_value()
+    assert f"Taken in: {CLIP_S:.1f} s of media" in p.locator(".omni-intake").inner_text()
+    assert "conversation.item.create" in ui.sent
+    p.wait_for_function("document.querySelector('.omni-player video').readyState >= 1")
+    assert p.evaluate("document.querySelector('.omni-player video').duration") == pytest.approx(CLIP_S, abs=0.1)
+    ui.shot("02-demo-clip-loaded")
+
+    # the DOM states of the answer while it streams
+    p.evaluate("""() => { window.__states = new Set(); const a = document.querySelector('.omni-answers');
+        new MutationObserver(() => { const t = a.querySelector('.omni-turn'); if (t) __states.add(t.innerText); })
+            .observe(a, {subtree: true, childList: true, characterData: true}); }""")
+    turn = ui.ask()
+    assert int(turn.get_attribute("data-deltas")) >= 10                    # token by token over the socket
+    assert p.evaluate("__states.size") >= 10                              # and drawn as it came
+    steps = turn.locator(".omni-step")
+    assert steps.count() == 1 and steps.first.inner_text().endswith("A tone plays")
+    assert turn.locator(".omni-answer-text").inner_text() == "Heard 0:06.0\u20130:09.0"
+    assert chips(turn) == [("0:02.0\u20130:05.0", *REASONING_SPAN_MS, False),
+                           ("0:06.0\u20130:09.0", *EVIDENCE_SPAN_MS, True)]
+    spans = p.locator(".omni-visual .omni-span")                            # drawn on the media strip
+    assert spans.count() == 2
+    left = [float(s.evaluate("e => e.style.left").rstrip("%")) for s in spans.all()]
+    assert left == pytest.approx([100 * REASONING_SPAN_MS[0] / 1000 / CLIP_S, 100 * EVIDENCE_SPAN_MS[0] / 1000 / CLIP_S])
+    assert "omni-evidence-span" in spans.nth(1).get_attribute("class")
+    ui.shot("03-answer-with-timeline")
+
+    # a click on a chip seeks the player, in the browser: no request, no socket message
+    requests, sent = len(ui.requests), len(ui.sent)
+    turn.locator(".omni-chip.omni-evidence").click()
+    p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - "
+                        f"{EVIDENCE_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+    turn.locator(".omni-step .omni-chip").click()
+    p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - "
+                        f"{REASONING_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+    assert len(ui.requests) == requests and len(ui.sent) == sent
+    head = float(p.evaluate("document.querySelector('.omni-playhead').style.left").rstrip("%"))
+    assert head == pytest.approx(100 * REASONING_SPAN_MS[0] / 1000 / CLIP_S, abs=0.5)
+    p.wait_for_function("(v => !v.seeking && v.readyState >= 2)(document.querySelector('.omni-player video'))")
+    ui.shot("04-seeked-to-the-reasoning-step")
+    ui.check_clean()
+
+
+def test_microphone_streams_and_questions_are_answered_mid_stream(ui):
+    p = ui.page
+    ui.open()
+    p.locator("#omni-mic").click()
+    streamed = "Number(document.querySelector('.omni-intake').dataset.streamedMs || 0)"
+    p.wait_for_function(f"{streamed} > 2500", timeout=30000)
+    assert "Streaming:" in p.locator(".omni-intake").inner_text()
+    ui.shot("05-microphone-streaming")
+
+    turn = ui.ask("What did I just say?")
+    at_answer = p.evaluate(streamed)
+    asked = ui.sent.index("response.create")
+    assert "input_audio_buffer.append" in ui.sent[:asked]
+    assert "input_audio_buffer.commit" in ui.sent[:asked]                 # the audio so far is a turn
+    assert chips(turn)[0][1:3] == REASONING_SPAN_MS
+    read = int(turn.locator(".omni-meta").inner_text().split(" tokens read")[0].split()[-1])
+    heard_s = at_answer / 1000 - 0.5                                   # what had surely reached the server
+    assert read - text_tokens(ui.server, "What did I just say?") >= 12.5 * heard_s * 0.8   # audio: 12.5 tokens/s
+    p.wait_for_function(f"{streamed} > {at_answer + 500}", timeout=10000)   # the stream goes on
+    assert ui.sent[asked + 1:].count("input_audio_buffer.append") > 0
+    assert f"the model has read {read} tokens" in p.locator(".omni-intake").inner_text()
+    turn.locator(".omni-step .omni-chip").click()                      # seeks the recording of the stream
+    p.wait_for_function(f"Math.abs(document.querySelector('.omni-recording').currentTime - "
+                        f"{REASONING_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+    ui.shot("06-microphone-answer-mid-stream")
+
+    turn = ui.ask("And now, briefly?", reasoning=False)                 # reasoning off: the answer alone
+    assert turn.locator(".omni-reasoning").count() == 0
+    assert turn.locator(".omni-answer-text").inner_text() == "Heard 0:06.0\u20130:09.0"
+    assert p.locator(".omni-turn").count() == 2
+    later = int(turn.locator(".omni-meta").inner_text().split(" tokens read")[0].split()[-1])
+    assert later > read                                                # more audio was taken in between
+
+    p.locator("#omni-stop").click()
+    p.wait_for_function("document.querySelector('.omni-intake').innerText.startsWith('Streamed:')", timeout=5000)
+    n = ui.sent.count("input_audio_buffer.append")
+    time.sleep(0.6)
+    assert ui.sent.count("input_audio_buffer.append") == n              # stopped
+    ui.shot("07-microphone-stopped")
+    ui.check_clean()
+
+
+def test_a_corrupt_upload_shows_the_service_error_in_words(ui, tmp_path):
+    p = ui.page
+    ui.open()
+    p.locator("#omni-upload input[type=file]").set_input_files(str(write_corrupt_video(tmp_path / "holiday.mp4")))
+    p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
+    text = p.locator(".omni-error").inner_text()
+    assert text.startswith("This video could not be read.")
+    assert "(invalid_video)" in text and "corrupt" in text                 # the service's own words follow
+    assert p.locator(".omni-intake").inner_text() == "Nothing was taken in from this upload."
+    assert p.locator(".omni-player video").count() == 0
+    ui.shot("08-corrupt-upload-error")
+    ui.check_clean()
+
+
+def test_phone_width(browser, server):
+    ui = Page(browser, server, width=390, height=844)
+    try:
+        p = ui.page
+        ui.open()
+        p.locator("#omni-demos button", has_text=server.demo_clip.name).click()
+        p.wait_for_function("document.querySelector('.omni-intake')?.dataset.ready === '1'", timeout=60000)
+        turn = ui.ask("What is heard?")
+        assert len(chips(turn)) == 2
+        assert p.evaluate("document.documentElement.scrollWidth") <= 390          # nothing wider than the phone
+        for sel in ("#omni-ask", "#omni-question textarea", ".omni-player video", ".omni-visual", ".omni-turn"):
+            box = p.locator(sel).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (sel, box)
+        turn.locator(".omni-chip.omni-evidence").click()
+        p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - "
+                            f"{EVIDENCE_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+        p.wait_for_function("(v => !v.seeking && v.readyState >= 2)(document.querySelector('.omni-player video'))")
+        ui.shot("09-phone-width")
+        ui.check_clean()
+    finally:
+        ui.ctx.close()
+
+
+def test_demo_examples_read_questions_json_and_bare_clips(tmp_path):
+    from app.evaluate import PROMPT_SUFFIX
+    from app.ui import EXAMPLE_QUESTIONS, demo_examples
+    demo = make_demo_folder(tmp_path / "demo", seconds=10, seed=3)
+    (demo / "extra").mkdir()
+    bare = demo / "extra" / "talk.wav"
+    bare.write_bytes(b"RIFF")                                           # listed by name; read only when clicked
+    rows = demo_examples(demo)
+    clip = next((demo / "clips").glob("*.mp4"))
+    questions = json.loads((demo / "questions.json").read_text())
+    assert rows[0][0] == str(clip.resolve())
+    assert rows[0][1].startswith(questions[0]["question"]) and rows[0][1].endswith(PROMPT_SUFFIX)
+    assert rows[1] == [str(bare.resolve()), EXAMPLE_QUESTIONS[0]]
+    assert len(rows) == 2 and demo_examples(tmp_path / "missing") == []
