@@ -286,7 +286,7 @@
       if (!files || (Array.isArray(files) && files.length === 0)) return;
       files = Array.isArray(files) ? files : [files];
       this.stopLive();
-      const player = this._resetSource({kind: "file", files});
+      const player = this._resetSource({kind: "file", files, uploadedAt: performance.now()});
       const named = files.map((f) => ({name: f.orig_name || (f.path || "").split("/").pop(), url: f.url, mime: f.mime_type}));
       const bad = named.filter((f) => !kindOf(f.name, f.mime));
       if (bad.length) {
@@ -629,8 +629,9 @@
     _itemDone(item) {
       if (!this.source || !item || item.id !== this.source.itemId || !this.source.encoding) return;
       this.source.encoding = false;
+      this.source.takenAt = performance.now();
       this.progress(null);
-      const took = ((performance.now() - this.source.sentAt) / 1000).toFixed(1);
+      const took = ((this.source.takenAt - this.source.sentAt) / 1000).toFixed(1);
       const len = this.source.totalMs ? (this.source.totalMs / 1000).toFixed(1) + " s of media" : "the upload";
       this.status("Taken in: " + len + " (" + took + " s to decode and encode). Ask away.");
       $(this.media, ".omni-intake").dataset.ready = "1";
