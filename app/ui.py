@@ -44,7 +44,7 @@ EXAMPLE_QUESTIONS = [
     "What is on screen when the bell rings?",
     "What did I just say?",
 ]
-CHECKPOINT_HINT = ("Load a real checkpoint with `python -m app --model DIR` (a Hugging Face folder: config.json, "
+CHECKPOINT_HINT = ("Load a real checkpoint with: python -m app --model DIR (a Hugging Face folder: config.json, "
                    "safetensors weights, tokenizer.json), e.g. NVIDIA Nemotron 3 Nano Omni.")
 
 

@@ -72,15 +72,15 @@ class Page:
                                        permissions=["microphone", "camera"])
         self.page = self.ctx.new_page()
         self.server = server
-        self.requests, self.bad, self.errors, self.sent = [], [], [], []
+        self.requests, self.bad, self.errors, self.sent, self.got = [], [], [], [], []
         self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.on("response", lambda r: self.bad.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("websocket", lambda ws: ws.on("framesent", self._frame))
+        self.page.on("websocket", self._socket)
 
-    def _frame(self, payload):
-        if isinstance(payload, str):
-            self.sent.append(json.loads(payload).get("type"))
+    def _socket(self, ws):
+        ws.on("framesent", lambda m: self.sent.append(json.loads(m).get("type")) if isinstance(m, str) else None)
+        ws.on("framereceived", lambda m: self.got.append(json.loads(m)) if isinstance(m, str) else None)
 
     def open(self):
         self.page.goto(f"http://127.0.0.1:{self.server.port}/")
@@ -144,6 +144,8 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     assert "Reason step by step with timestamps" in p.locator("#omni-question textarea").input_value()
     assert f"Taken in: {CLIP_S:.1f} s of media" in p.locator(".omni-intake").inner_text()
     assert "conversation.item.create" in ui.sent
+    progress = [e for e in ui.got if e["type"] == "media.progress"]          # drawn as the progress bar
+    assert progress and progress[-1]["done_ms"] == progress[-1]["total_ms"] == CLIP_S * 1000
     p.wait_for_function("document.querySelector('.omni-player video').readyState >= 1")
     assert p.evaluate("document.querySelector('.omni-player video').duration") == pytest.approx(CLIP_S, abs=0.1)
     ui.shot("02-demo-clip-loaded")
@@ -260,6 +262,45 @@ def test_phone_width(browser, server):
         ui.check_clean()
     finally:
         ui.ctx.close()
+
+
+def test_the_default_model_says_what_it_is_and_refuses_media_it_cannot_take(browser, server):
+    """The bundled default model (text-only today): the note under the model line, a question
+    answered as it streams, a video refused in words before anything is sent."""
+    from app.server import ServerConfig, create_app
+    from app.ui import DEFAULT_MODEL
+    from service_fixtures import RunningServer
+    srv = RunningServer(create_app(ServerConfig(model_dir=DEFAULT_MODEL)))
+    ui = Page(browser, srv)
+    try:
+        p = ui.page
+        p.goto(f"http://127.0.0.1:{srv.port}/")
+        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('default-model')")
+        assert "python -m app --model DIR" in p.locator("#omni-note").inner_text()
+        turn = ui.ask("Why is the sky blue?")
+        assert int(turn.get_attribute("data-deltas")) >= 2
+        text_only = json.loads((DEFAULT_MODEL / "config.json").read_text()).get("vision_config") is None
+        assert ("(text only)" if text_only else "sees images and video") in p.locator("#omni-model").inner_text()
+        if text_only:
+            sent = len(ui.sent)
+            p.locator("#omni-upload input[type=file]").set_input_files(str(server.demo_clip))
+            p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
+            assert p.locator(".omni-error strong").inner_text() == ("The loaded model (default-model) does not see: "
+                                                                    "it takes no video or images.")
+            assert len(ui.sent) == sent                                   # nothing was sent
+            assert p.locator(".omni-turn").count() == 1                   # and the answer stays
+        ui.shot("10-default-model")
+        ui.check_clean()
+    finally:
+        ui.ctx.close()
+        srv.stop()
+
+
+def test_default_model_note_only_for_the_bundled_model(tmp_path):
+    from app.ui import DEFAULT_MODEL, default_model_note
+    note = default_model_note(DEFAULT_MODEL)
+    assert "python -m app --model DIR" in note and len(note) < 600
+    assert default_model_note(tmp_path) == "" and default_model_note(None) == ""
 
 
 def test_demo_examples_read_questions_json_and_bare_clips(tmp_path):

@@ -33,6 +33,8 @@
     invalid_value: "The server refused a setting.",
   };
 
+  const MEDIA_ERRORS = ["invalid_video", "invalid_audio", "invalid_image", "payload_too_large"];
+
   const $ = (root, sel) => root.querySelector(sel);
 
   function el(tag, cls, text) {
@@ -161,9 +163,11 @@
       try {
         const h = await (await fetch("/health")).json();
         this.health = h;
-        const can = [h.vision ? "sees images and video" : "no vision", h.audio ? "hears audio" : "no audio"];
         const enc = (h.encoders || []).length;
-        if (line) line.textContent = h.model + " (" + can.join(", ") + "; " + enc + " encoder" + (enc === 1 ? "" : "s") + ")";
+        const can = !h.vision && !h.audio ? "text only"
+                  : [h.vision ? "sees images and video" : "no vision", h.audio ? "hears audio" : "no audio"].join(", ") +
+                    "; " + enc + " encoder" + (enc === 1 ? "" : "s");
+        if (line) line.textContent = h.model + " (" + can + ")";
       } catch (e) {
         if (line) line.textContent = "unknown (the server did not answer /health)";
       }
@@ -173,11 +177,13 @@
       if (this.media) $(this.media, ".omni-intake").textContent = text;
     }
 
-    showError(code, message) {
+    showError(code, message, friendly) {
       if (!this.media) return;
       const box = $(this.media, ".omni-error");
       box.textContent = "";
-      box.append(el("strong", "", FRIENDLY[code] || "The server reported a problem."));
+      if (!friendly && /has no vision encoder/.test(message || "")) friendly = "This model does not see: it has no vision encoder, so it takes no video or images.";
+      if (!friendly && /has no audio encoder/.test(message || "")) friendly = "This model does not hear: it has no audio encoder, so it takes no audio.";
+      box.append(el("strong", "", friendly || FRIENDLY[code] || "The server reported a problem."));
       if (message) box.append(el("span", "omni-error-detail", " " + message + (code ? " (" + code + ")" : "")));
       box.hidden = false;
     }
@@ -227,11 +233,13 @@
       os.on("media.dropped", (e) => this.status("The server is behind: " + e.total_dropped + " camera frame(s) dropped so far."));
       os.on("input_audio_buffer.speech_started", () => this.status("Listening..."));
       os.on("session.going_away", (e) => this.status("The server is closing this session in " + Math.round(e.time_left_ms / 1000) + " s."));
-      os.on("close", () => {
+      os.on("close", (c) => {
         if (this.os !== os) return;
         this.ready = null;
         this.os = null;
         if (this.live) this.stopLive();
+        if (c && c.code === 1009) this.showError("payload_too_large", "the server closed the connection: message too big (1009)");
+        else if (c && c.code === 1008) this.showError("unauthorized", c.reason || "policy violation (1008)");
         this.status("The connection to the server closed; the next question starts a new session.");
       });
       this.os = os;
@@ -284,16 +292,28 @@
 
     async useFiles(files) {
       if (!files || (Array.isArray(files) && files.length === 0)) return;
+      const uploadedAt = performance.now();
       files = Array.isArray(files) ? files : [files];
-      this.stopLive();
-      const player = this._resetSource({kind: "file", files, uploadedAt: performance.now()});
       const named = files.map((f) => ({name: f.orig_name || (f.path || "").split("/").pop(), url: f.url, mime: f.mime_type}));
+      // Refuse what cannot be taken before anything changes: the current session and answers stay.
       const bad = named.filter((f) => !kindOf(f.name, f.mime));
       if (bad.length) {
-        this.showError("unsupported", bad.map((f) => f.name).join(", ") + " is not a video, audio or image file");
-        $(this.media, ".omni-error strong").textContent = "This file type is not supported: upload a video (mp4, webm, mov, mkv), an audio file or images (JPEG, PNG).";
+        this.showError("unsupported", bad.map((f) => f.name).join(", ") + " is not a video, audio or image file",
+                       "This file type is not supported: upload a video (mp4, webm, mov, mkv), an audio file or images (JPEG, PNG).");
         return;
       }
+      const kinds = named.map((f) => kindOf(f.name, f.mime));
+      const h = this.health || {};
+      const blind = h.vision === false && kinds.some((k) => k !== "audio");
+      const deaf = h.audio === false && kinds.includes("audio");
+      if (blind || deaf) {
+        this.showError(null, "Load an Omni checkpoint with python -m app --model DIR.",
+                       "The loaded model (" + h.model + ") " + (blind ? "does not see: it takes no video or images."
+                                                                       : "does not hear: it takes no audio."));
+        return;
+      }
+      this.stopLive();
+      const player = this._resetSource({kind: "file", files, uploadedAt});
       this.status("Reading " + named.map((f) => f.name).join(", ") + "...");
       let blobs;
       try {
@@ -384,8 +404,7 @@
     async startMicrophone(voiceTurns) {
       if (voiceTurns !== undefined) this.voiceTurns = !!voiceTurns;
       if (this.health && this.health.audio === false) {
-        this.showError("invalid_audio", "this model has no audio encoder: it takes no audio");
-        $(this.media, ".omni-error strong").textContent = "This model does not hear: it has no audio encoder.";
+        this.showError(null, "this model has no audio encoder: it takes no audio");
         return;
       }
       const os = await this._liveSession();
@@ -402,8 +421,7 @@
 
     async startCamera() {
       if (this.health && this.health.vision === false) {
-        this.showError("invalid_image", "this model has no vision encoder: it takes no images");
-        $(this.media, ".omni-error strong").textContent = "This model does not see: it has no vision encoder.";
+        this.showError(null, "this model has no vision encoder: it takes no images");
         return;
       }
       const os = await this._liveSession();
@@ -599,7 +617,11 @@
 
     _error(error) {
       const code = error.code;
-      if (this.source && this.source.kind === "file" && error.param === this.source.itemId) {
+      const src = this.source;
+      const param = error.param || "";
+      const upload = src && src.kind === "file" && src.encoding &&
+                     (param === src.itemId || (param.startsWith("item") && MEDIA_ERRORS.includes(code)));
+      if (upload) {
         this.source.encoding = false;
         this.progress(null);
         this.durationMs = 0;
@@ -609,7 +631,7 @@
         this.drawStrip();
         this.status("Nothing was taken in from this upload.");
       }
-      if (this.pending && !this.turns.some((t) => t.running && t.id)) {    // the question was refused
+      else if (this.pending && !this.turns.some((t) => t.running && t.id)) {    // the question was refused
         const turn = this.pending;
         this.pending = null;
         turn.running = false;
@@ -743,6 +765,13 @@
       if (p) {
         if (p.readyState >= 1) p.currentTime = t;
         else p.addEventListener("loadedmetadata", () => { p.currentTime = t; }, {once: true});
+      } else if (this.thumbs.length && this.source && this.source.kind === "live") {
+        let best = this.thumbs[0];                 // no recording to seek: show the frame sent nearest that time
+        for (const f of this.thumbs) if (Math.abs(f.t_ms - ms) < Math.abs(best.t_ms - ms)) best = f;
+        let img = $(this.media, ".omni-frame");
+        if (!img) { img = el("img", "omni-image omni-frame"); $(this.media, ".omni-player").append(img); }
+        img.src = best.image.src || best.image.toDataURL();
+        img.alt = "camera frame at " + fmtTime(best.t_ms);
       }
       this._seekMs = ms;
       this._playhead();
