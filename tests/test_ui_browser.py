@@ -185,19 +185,22 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     ui.check_clean()
 
 
-def test_microphone_streams_and_questions_are_answered_mid_stream(ui):
+def test_microphone_and_camera_stream_and_questions_are_answered_mid_stream(ui):
     p = ui.page
     ui.open()
     p.locator("#omni-mic").click()
+    p.locator("#omni-cam").click()
     streamed = "Number(document.querySelector('.omni-intake').dataset.streamedMs || 0)"
     p.wait_for_function(f"{streamed} > 2500", timeout=30000)
-    assert "Streaming:" in p.locator(".omni-intake").inner_text()
+    assert p.locator(".omni-intake").inner_text().startswith("Streaming:")
+    assert " camera frame" in p.locator(".omni-intake").inner_text()
+    assert p.evaluate("document.querySelector('.omni-camera').videoWidth") > 0           # the camera preview
     ui.shot("05-microphone-streaming")
 
     turn = ui.ask("What did I just say?")
     at_answer = p.evaluate(streamed)
     asked = ui.sent.index("response.create")
-    assert "input_audio_buffer.append" in ui.sent[:asked]
+    assert "input_audio_buffer.append" in ui.sent[:asked] and "input_image_buffer.append" in ui.sent[:asked]
     assert "input_audio_buffer.commit" in ui.sent[:asked]                 # the audio so far is a turn
     assert chips(turn)[0][1:3] == REASONING_SPAN_MS
     read = int(turn.locator(".omni-meta").inner_text().split(" tokens read")[0].split()[-1])

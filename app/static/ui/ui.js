@@ -14,6 +14,7 @@
   const AUDIO_EXT = ["wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"];
   const IMAGE_EXT = ["jpg", "jpeg", "png"];
   const LIVE_RATE = 24000;          // omnistream.js sends the microphone as PCM16 at 24 kHz
+  const RECORD_MAX_S = 3600;        // the playback recording of a live stream keeps its first hour
   const THINK_END = "</think>";
 
   // What a person should read for each error code of the service (the server's own message follows).
@@ -314,6 +315,13 @@
       }
       this.stopLive();
       const player = this._resetSource({kind: "file", files, uploadedAt});
+      let sent;
+      this.source.sending = new Promise((r) => { sent = r; });           // a question asked now waits for it
+      try { await this._sendFiles(player, named, kinds); } finally { sent(); }
+    }
+
+    async _sendFiles(player, named, kinds) {
+      const source = this.source;
       this.status("Reading " + named.map((f) => f.name).join(", ") + "...");
       let blobs;
       try {
@@ -325,7 +333,7 @@
       const parts = [];
       let timed = null;
       for (let i = 0; i < named.length; i++) {
-        const kind = kindOf(named[i].name, named[i].mime);
+        const kind = kinds[i];
         const url = await dataUrl(blobs[i]);
         if (kind === "image") {
           parts.push({type: "input_image", image_url: url});
@@ -338,6 +346,7 @@
           if (!timed) timed = {kind, blob: blobs[i], name: named[i].name};
         }
       }
+      if (this.source !== source) return;                 // another upload or a stream took over
       if (timed) this._filePlayer(player, timed);
       this.source.itemId = "item_ui_" + (++this._itemSeq) + "_" + Date.now().toString(36);
       this.source.sentAt = performance.now();
@@ -504,7 +513,7 @@
       if (event.type === "input_audio_buffer.append") {
         const b = base64Bytes(event.audio);
         const pcm = new Int16Array(b.buffer, 0, b.length >> 1);
-        live.pcm.push(pcm);
+        if (live.samples < RECORD_MAX_S * LIVE_RATE) live.pcm.push(pcm);
         live.samples += pcm.length;
         live.uncommitted += pcm.length;
         const w = this.wave;
@@ -531,6 +540,7 @@
       }
       this.clearError();
       if (!this.source) this._resetSource({kind: "text"});
+      if (this.source.sending) await this.source.sending;
       let os;
       try { os = await this.session(false); } catch (e) { return; }
       if (this.live && this.live.uncommitted >= LIVE_RATE / 10) {     // a commit needs 100 ms
