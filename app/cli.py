@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-frames", type=int, default=128, help="at most this many frames a video (default 128)")
     m.add_argument("--evs", type=float, default=None, metavar="RATE",
                    help="Efficient Video Sampling pruning rate in [0, 1) (default: the checkpoint's)")
+    from app.evaluate import eval_arguments
+    sub.add_parser("eval", parents=[eval_arguments()], help="accuracy and grounding on MMOU-format items")
     _add_service_commands(sub)
     return p
 
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve_command(args, in_process=False)
         if args.command == "encoder":
             return encoder_command(args)
+        if args.command == "eval":
+            return __import__("app.evaluate").evaluate.eval_command(args)
         return generate_command(args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -310,3 +310,211 @@ def format_table(metrics: dict) -> str:
     lines += [f"{a:<{w}}  {b:>7}  {c:>6}" for a, b, c in rows]
     lines.append(f"no readable choice: {metrics['no_choice']}, no span in a grounded answer: {metrics['no_span']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# running a model on the items, in the streaming layout
+# ---------------------------------------------------------------------------------------------
+# A clip is read as a live session reads it (fusion/stream.py): the chat header, then the media
+# chunks in time order (each video tubelet after its frame label, each audio chunk after its
+# time label, placed after the video of the same moment), then per question the question and the
+# assistant header. The bundled default model was trained on exactly this input.
+
+VIDEO_FPS = 1.0          # frames sampled a second (the default model's rate)
+AUDIO_CLIP_S = 2.0       # audio chunk length (the default model's, and live audio's)
+MAX_FRAMES = 512         # frames a video at most: longer videos are sampled more sparsely
+TUBELET_BATCH = 16       # tubelets through the vision tower at once
+
+
+def video_chunks(vision, frames, temporal_patch: int = 2, evs_rate: float = 0.0, session: str = ""):
+    """(time s, uint8 [H, W, 3]) frames -> one EmbeddingChunk per tubelet of `temporal_patch` frames,
+    labelled with its frame numbers and times as the encoder service labels them, with EVS
+    applied causally tubelet by tubelet (fusion.stream.EvsStream) as the service does."""
+    import torch
+
+    from app.encoder_service import frame_label
+    from fusion.stream import EmbeddingChunk, EvsStream
+
+    evs = EvsStream(evs_rate)
+    chunks, pending = [], []
+
+    def encode(group):          # group: list of tubelets, each a list of (time, frame)
+        flat = [f for tub in group for _, f in tub]
+        if any(f.shape != flat[0].shape for f in flat):
+            raise ValueError("video: frames change size; resolution changes are not supported")
+        emb = vision.encode_video(torch.stack(flat))                      # (len(group), n, D)
+        for tub, e in zip(group, emb):
+            keep = evs.keep_mask(e[None])[0]
+            n = len(chunks) * temporal_patch
+            times = [t for t, _ in tub]
+            chunks.append(EmbeddingChunk(session, "video", times[0], times[-1],
+                                         frame_label(list(range(n + 1, n + len(tub) + 1)), times), e[keep],
+                                         len(chunks)))
+
+    tubelet = []
+    for t, frame in frames:
+        tubelet.append((t, frame))
+        if len(tubelet) == temporal_patch:
+            pending.append(tubelet)
+            tubelet = []
+            if len(pending) == TUBELET_BATCH:
+                encode(pending)
+                pending = []
+    if pending:
+        encode(pending)
+    if tubelet:                 # a short last tubelet: its last frame is repeated by the tower
+        encode([tubelet])
+    return chunks
+
+
+def audio_chunks(audio_tower, wave, clip_s: float = AUDIO_CLIP_S, session: str = ""):
+    """16 kHz mono samples -> one EmbeddingChunk per clip of `clip_s` seconds (encoders.audio.AudioStream),
+    each labelled with its time span (fusion.stream.audio_chunk_label)."""
+    from encoders.audio import AudioStream
+    from fusion.stream import EmbeddingChunk, audio_chunk_label
+
+    stream = AudioStream(audio_tower, clip_s)
+    pieces = stream.push(wave) + stream.flush()
+    return [EmbeddingChunk(session, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, i)
+            for i, c in enumerate(pieces)]
+
+
+def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AUDIO_CLIP_S,
+                 evs_rate: float | None = None, max_frames: int = MAX_FRAMES):
+    """Every chunk of a media file (its video at `fps` and its audio track), in session order."""
+    from encoders import media
+
+    info = media.probe(path)
+    chunks = []
+    if info.has_video and omni.vision is not None:
+        rate = omni.settings.video_pruning_rate if evs_rate is None else evs_rate
+        frames = media.iter_video_frames(path, fps=fps, max_frames=max_frames)
+        chunks += video_chunks(omni.vision, frames, omni.settings.temporal_patch, rate)
+    if info.has_audio and omni.audio is not None:
+        chunks += audio_chunks(omni.audio, media.load_audio(path), audio_clip_s)
+    if not chunks:
+        raise DataError(f"{path}: nothing this model can read (video: {info.has_video}, audio: {info.has_audio})")
+    return sorted(chunks, key=lambda c: c.sort_key())
+
+
+def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
+    """Greedy answers to `questions` about one clip: the clip is prefilled once, each question is
+    answered from a fork of that session (decoded together, engine.generate.BatchDecoder)."""
+    import torch
+
+    from app.engine_loop import question_tail, stream_header
+    from engine.generate import BatchDecoder, SamplingParams, Session
+    from fusion.stream import chunk_input
+
+    tok, decoder = omni.tokenizer, omni.decoder
+    placeholder = {"video": omni.settings.image_token_id, "image": omni.settings.image_token_id,
+                   "audio": omni.settings.audio_token_id}
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tuple(tok.eos_ids))
+    with torch.inference_mode():
+        session = Session(decoder)
+        session.prefill(tok.encode(stream_header()))
+        for c in chunks:
+            x = chunk_input(c, tok, decoder.embed, placeholder[c.modality])
+            session.check_room(x.shape[0])
+            session.prefill(embeds=x)
+        answers: list[str] = []
+        for first in range(0, len(questions), batch):
+            group = BatchDecoder(decoder)
+            out: dict[int, list[int]] = {}
+            for q in questions[first:first + batch]:
+                fork = session.fork()
+                ids = tok.encode(question_tail(q))
+                fork.check_room(len(ids) + 1)
+                fork.prefill(ids)
+                out[id(fork)] = []
+                group.join(fork, params)
+            order = [id(s.session) for s in group.slots]
+            while len(group):
+                for s, t in group.step():
+                    if t not in params.stop_ids:
+                        out[id(s)].append(t)
+            answers += [tok.decode(out[k]) for k in order]
+    return answers
+
+
+def eval_arguments():
+    """The options of `python -m app eval` (a parent parser for app/cli.py)."""
+    import argparse
+
+    from app.cli import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder (default: the bundled model)")
+    p.add_argument("--data", type=Path, required=True, help="MMOU-format items: a JSON list (or {\"items\": [...]})")
+    p.add_argument("--media-root", type=Path, default=None, help="folder the items' `video` paths are relative to "
+                   "(default: the data file's folder)")
+    p.add_argument("--evs", type=float, default=None, metavar="RATE",
+                   help="Efficient Video Sampling pruning rate in [0, 1) (default: the checkpoint's)")
+    p.add_argument("--fps", type=float, default=VIDEO_FPS, help=f"video frames sampled a second (default {VIDEO_FPS:g})")
+    p.add_argument("--audio-clip-seconds", type=float, default=AUDIO_CLIP_S,
+                   help=f"audio chunk length in seconds (default {AUDIO_CLIP_S:g})")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help=f"frames a video at most (default {MAX_FRAMES})")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="end with one JSON object of the metrics on the last line")
+    p.add_argument("--predictions", type=Path, default=None, help="also write every item's output text here (JSON)")
+    return p
+
+
+def evaluate_items(omni, items: list[Item], data_path, *, media_root=None, evs_rate=None, fps=VIDEO_FPS,
+                   audio_clip_s=AUDIO_CLIP_S, max_frames=MAX_FRAMES, max_new_tokens=512, progress=True) -> dict:
+    """{question_id: output text} for `items`, one session per video, with a progress bar."""
+    import sys
+
+    from tqdm import tqdm
+
+    by_video: dict[Path, list[Item]] = {}
+    for it in items:
+        by_video.setdefault(resolve_video(it, data_path, media_root), []).append(it)
+    predictions: dict[str, str] = {}
+    with tqdm(total=len(items), unit="item", desc="eval", file=sys.stderr, disable=not progress) as bar:
+        for video, group in by_video.items():
+            chunks = media_chunks(omni, video, fps=fps, audio_clip_s=audio_clip_s, evs_rate=evs_rate,
+                                  max_frames=max_frames)
+            answers = answer_questions(omni, chunks, [question_prompt(it) for it in group],
+                                       max_new_tokens=max_new_tokens)
+            for it, text in zip(group, answers):
+                predictions[it.question_id] = text
+            bar.update(len(group))
+    return predictions
+
+
+def eval_command(args) -> int:
+    """`python -m app eval`: answer every item with the model, print the metrics table (and JSON)."""
+    import sys
+
+    import torch
+
+    from fusion.omni import OmniModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.evs is not None and not 0.0 <= args.evs < 1.0:
+        raise ValueError(f"--evs {args.evs}: the pruning rate must be in [0, 1)")
+    if not (args.fps > 0 and math.isfinite(args.fps)):
+        raise ValueError(f"--fps {args.fps}: must be a positive number")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1")
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: not a folder (a checkpoint folder holds config.json, "
+                         "model.safetensors and tokenizer.json)")
+    items = load_items(args.data)[: args.limit]
+    for it in items:                       # every video must exist before the model is loaded
+        resolve_video(it, args.data, args.media_root)
+    omni = OmniModel.load(args.model)
+    predictions = evaluate_items(omni, items, args.data, media_root=args.media_root, evs_rate=args.evs, fps=args.fps,
+                                 audio_clip_s=args.audio_clip_seconds, max_frames=args.max_frames,
+                                 max_new_tokens=args.max_new_tokens)
+    metrics = score(items, predictions)
+    if args.predictions:
+        args.predictions.write_text(json.dumps(predictions, indent=1) + "\n")
+    print(format_table(metrics))
+    if args.json:
+        print(json.dumps(metrics))
+    return 0

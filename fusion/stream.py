@@ -5,7 +5,7 @@ queue or WebSocket) carries it, and the decoder prefills it into the session. A 
 label text that precedes it plus its embeddings between start and end markers:
 
     video   "Frame 3 sampled at 1.00 seconds and frame 4 sampled at 1.50 seconds: " <img> e*n </img> "\n"
-    audio   "" <so_start> e*n <so_end> "\n"
+    audio   "Audio from 4.00 to 6.00 seconds: " <so_start> e*n <so_end> "\n"    (audio_chunk_label)
 
 A session's input is a chat header, then its chunks in time order (audio and video of the same
 moment side by side, the video first, as the reference places audio-in-video after the video),
@@ -66,6 +66,12 @@ class EmbeddingChunk:
 
     def sort_key(self) -> tuple:
         return (self.t0, MODALITY_ORDER[self.modality], self.seq)
+
+
+def audio_chunk_label(t0: float, t1: float) -> str:
+    """The text before an audio chunk: its media time span, as video frame labels give theirs (the
+    default model reads audio in short chunks, each placed after the video of the same moment)."""
+    return f"Audio from {t0:.2f} to {t1:.2f} seconds: "
 
 
 def chunk_input(chunk: EmbeddingChunk, tokenizer, embed, placeholder_id: int) -> torch.Tensor:
