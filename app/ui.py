@@ -29,7 +29,6 @@ os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "assets" / "default-model"
 DEMO_DIR = ROOT / "assets" / "demo"
-STATIC_UI = Path(__file__).resolve().parent / "static" / "ui"
 
 VIDEO_EXT = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi")
 AUDIO_EXT = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac")
@@ -153,6 +152,8 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
                     gr.Examples(clips, inputs=[upload, question], label="Demo clips (a click loads the clip and a "
                                 "question)", elem_id="omni-demos", example_labels=[Path(p).name for p, _ in clips])
             with gr.Column(scale=2, min_width=300):
+                key = gr.Textbox(label="API key (this server wants one)", type="password", elem_id="omni-key",
+                                 visible=api_key_box)
                 question.render()
                 with gr.Row():
                     reasoning = gr.Checkbox(True, label="Reasoning", elem_id="omni-reasoning", min_width=100)
@@ -166,9 +167,7 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
                 with gr.Accordion("Sampling", open=False, elem_id="omni-sampling"):
                     max_tokens = gr.Slider(16, 4096, value=512, step=16, label="Max output tokens",
                                            elem_id="omni-max-tokens")
-                    gr.Markdown("Answers are greedy: the realtime API takes the answer length; temperature and "
-                                "top-p are set per request on `/v1/chat/completions`.")
-                    key = gr.Textbox(label="API key", type="password", elem_id="omni-key", visible=api_key_box)
+                    gr.Markdown("Answers are greedy: the realtime API takes no temperature or top-p.")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="Example questions",
                             elem_id="omni-example-questions")
 

@@ -299,6 +299,32 @@ def test_the_default_model_says_what_it_is_and_refuses_media_it_cannot_take(brow
         srv.stop()
 
 
+def test_a_server_with_an_api_key_asks_for_it(browser):
+    from app.server import ServerConfig, create_app
+    from app.ui import DEFAULT_MODEL
+    from service_fixtures import RunningServer
+    srv = RunningServer(create_app(ServerConfig(model_dir=DEFAULT_MODEL, api_key="sesame")))
+    ui = Page(browser, srv)
+    try:
+        p = ui.page
+        p.goto(f"http://127.0.0.1:{srv.port}/")
+        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('default-model')")
+        p.locator("#omni-question textarea").fill("Hello?")
+        p.locator("#omni-ask").click()
+        p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
+        assert p.locator(".omni-error strong").inner_text() == "The server needs an API key: enter it in the API key box."
+        ui.shot("11-api-key-wanted")
+        p.locator("#omni-key input").fill("sesame")
+        p.locator("#omni-key input").press("Enter")
+        p.locator("#omni-key input").blur()
+        turn = ui.ask()
+        assert turn.get_attribute("data-status") == "completed" and int(turn.get_attribute("data-deltas")) >= 2
+        assert p.locator(".omni-error").is_hidden()
+    finally:
+        ui.ctx.close()
+        srv.stop()
+
+
 def test_default_model_note_only_for_the_bundled_model(tmp_path):
     from app.ui import DEFAULT_MODEL, default_model_note
     note = default_model_note(DEFAULT_MODEL)

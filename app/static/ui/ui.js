@@ -28,7 +28,7 @@
     session_limit: "The server is busy (it holds its maximum of sessions). Try again in a moment.",
     rate_limited: "Too much was sent too fast; some of it was dropped.",
     input_audio_buffer_overflow: "The server is falling behind the microphone; some audio was refused.",
-    unauthorized: "The server needs an API key: enter it under Sampling.",
+    unauthorized: "The server needs an API key: enter it in the API key box.",
     conversation_already_has_active_response: "An answer is still being written: wait for it or press Stop answer.",
     session_not_found: "The session expired; upload or stream again.",
     invalid_value: "The server refused a setting.",
@@ -250,7 +250,8 @@
         return os;
       }).catch((e) => {
         if (this.os === os) { this.os = null; this.ready = null; }
-        this.showError(null, e.message);
+        this.showError(/API key/.test(e.message) ? "unauthorized" : null, e.message,
+                       /cannot connect/.test(e.message) ? "The server cannot be reached." : undefined);
         throw e;
       });
       return this.ready;
