@@ -540,7 +540,9 @@
         return;
       }
       this.clearError();
-      if (!this.source) this._resetSource({kind: "text"});
+      if (!this.source) {
+        this._resetSource({kind: "text"}).append(el("div", "omni-empty", "No media: this question is answered from text alone."));
+      }
       if (this.source.sending) await this.source.sending;
       let os;
       try { os = await this.session(false); } catch (e) { return; }
