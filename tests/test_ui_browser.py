@@ -237,7 +237,7 @@ def test_a_corrupt_upload_shows_the_service_error_in_words(ui, tmp_path):
     p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
     text = p.locator(".omni-error").inner_text()
     assert text.startswith("This video could not be read.")
-    assert "(invalid_video)" in text and "corrupt" in text                 # the service's own words follow
+    assert "holiday.mp4: not a media file" in text and "(invalid_video)" in text   # the service's words, our file name
     assert p.locator(".omni-intake").inner_text() == "Nothing was taken in from this upload."
     assert p.locator(".omni-player video").count() == 0
     ui.shot("08-corrupt-upload-error")

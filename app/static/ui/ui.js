@@ -651,7 +651,12 @@
         turn.status = "refused";
         this._render(turn);
       }
-      this.showError(code, error.message);
+      let message = error.message || "";
+      if (upload) {                             // name the person's file, not the server's copy of it
+        const names = src.files.map((f) => f.orig_name || (f.path || "").split("/").pop()).join(", ");
+        message = names + ": " + message.replace(/^upload:[\w-]+:\s*/, "");
+      }
+      this.showError(code, message);
     }
 
     _progress(e) {
