@@ -264,7 +264,7 @@
     setVoiceTurns(on) {
       this.voiceTurns = !!on;
       if (this.os && this.ready) {
-        this.ready.then((os) => os.update({audio: {input: {turn_detection: this._turnDetection()}}}));
+        this.ready.then((os) => os.update({audio: {input: {turn_detection: this._turnDetection()}}}), () => {});
       }
     }
 
@@ -418,13 +418,15 @@
         return;
       }
       const os = await this._liveSession();
-      if (!os || this.live.mic) return;
+      const live = this.live;
+      if (!os || !live || live.mic) return;
+      live.mic = true;
       try {
         await os.startMicrophone();
-        this.live.mic = true;
-        this.live.micStarted = performance.now();
-        this.status("Microphone on.");
+        if (this.live !== live) os.stopMicrophone();           // stopped while the browser asked for it
+        else this.status("Microphone on.");
       } catch (e) {
+        live.mic = false;
         this.showError(null, "The microphone could not be opened: " + e.message);
       }
     }
@@ -435,16 +437,19 @@
         return;
       }
       const os = await this._liveSession();
-      if (!os || this.live.camera) return;
+      const live = this.live;
+      if (!os || !live || live.camera) return;
+      live.camera = true;
       const preview = el("video", "omni-av omni-camera");
       preview.muted = true;
       preview.playsInline = true;
       $(this.media, ".omni-player").prepend(preview);
       try {
         await os.startCamera(preview, 1);
-        this.live.camera = true;
-        this.status("Camera on (1 frame a second).");
+        if (this.live !== live) { os.stopCamera(); preview.remove(); }
+        else this.status("Camera on (1 frame a second).");
       } catch (e) {
+        live.camera = false;
         preview.remove();
         this.showError(null, "The camera could not be opened: " + e.message);
       }
