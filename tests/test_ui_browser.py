@@ -49,7 +49,7 @@ def server(tmp_path_factory):
     finally:
         os.environ.pop("OMNISTREAM_DEMO_DIR") if old is None else os.environ.__setitem__("OMNISTREAM_DEMO_DIR", old)
     srv = RunningServer(app)
-    srv.demo_clip, srv.model_dir = next((demo / "clips").glob("*.mp4")), model
+    srv.demo_clip, srv.demo_dir, srv.model_dir = next((demo / "clips").glob("*.mp4")), demo, model
     yield srv
     srv.stop()
 
@@ -227,6 +227,47 @@ def test_microphone_and_camera_stream_and_questions_are_answered_mid_stream(ui):
     time.sleep(0.6)
     assert ui.sent.count("input_audio_buffer.append") == n              # stopped
     ui.shot("07-microphone-stopped")
+    ui.check_clean()
+
+
+def test_a_ta_cot_trace_draws_one_row_per_step_with_its_span(ui):
+    """The generator's TA-CoT target (several steps, `<t>` tags) as the server would stream it: its
+    text in pieces and each span app/timestamps.py reads in it, fed to the page's socket handler."""
+    from app.timestamps import find_time_spans
+    items = json.loads((ui.server.demo_dir / "questions.json").read_text())
+    item = max(items, key=lambda it: it["reasoning"].count("<t>"))
+    text = item["reasoning"].removeprefix("<think>\n")                  # the prompt ends in <think>\n
+    spans = find_time_spans(text, item["video_duration"])
+    steps = [line for line in text.split("</think>")[0].splitlines() if line.strip()]
+    assert len(steps) >= 3 and len(spans) >= len(steps)
+    rid, base = "resp_trace", {"response_id": "resp_trace", "item_id": "item_trace", "output_index": 0, "content_index": 0}
+    events = [{"type": "response.created", "response": {"id": rid, "status": "in_progress"}}]
+    for i in range(0, len(text), 7):
+        events.append({"type": "response.output_text.delta", **base, "delta": text[i:i + 7]})
+        for s in spans:                                                 # each span once its text has arrived
+            if i < s.end_index <= i + 7:
+                events.append({"type": "response.output_text.annotation.added", **base, "annotation": {
+                    "type": "media_timestamp", "start_ms": round(s.start_s * 1000), "end_ms": round(s.end_s * 1000),
+                    "source": "video", "start_index": s.start_index, "end_index": s.end_index}})
+    events.append({"type": "response.done", "response": {"id": rid, "status": "completed", "usage": {"output_tokens": 40}}})
+    p = ui.page
+    ui.open()
+    p.locator("#omni-demos button", has_text=ui.server.demo_clip.name).click()
+    p.wait_for_function("document.querySelector('.omni-intake')?.dataset.ready === '1'", timeout=60000)
+    p.evaluate("evs => evs.forEach(e => omniUI.os.ws.onmessage({data: JSON.stringify(e)}))", events)
+    turn = p.locator(".omni-turn").first
+    rows = turn.locator(".omni-step")
+    assert rows.count() == len(steps)
+    for row, step, span in zip(rows.all(), steps, spans):
+        assert row.inner_text().endswith(step.split("</t>", 1)[1].strip())
+        assert int(row.locator(".omni-chip").get_attribute("data-start-ms")) == round(span.start_s * 1000)
+    assert turn.locator(".omni-answer-text").inner_text() == text.split("</think>")[1].strip("\n")
+    assert p.locator(".omni-visual .omni-span").count() == len(spans)
+    rows.nth(1).locator(".omni-chip").click()
+    p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - {spans[1].start_s}) < 0.01",
+                        timeout=5000)
+    p.wait_for_function("(v => !v.seeking && v.readyState >= 2)(document.querySelector('.omni-player video'))")
+    ui.shot("12-ta-cot-trace")
     ui.check_clean()
 
 

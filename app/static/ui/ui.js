@@ -704,7 +704,8 @@
       const text = turn.text;
       let cut = turn.reasoning ? text.indexOf(THINK_END) : 0;
       if (turn.reasoning && cut < 0) cut = text.length;
-      const answerStart = turn.reasoning ? Math.min(text.length, cut + (cut < text.length ? THINK_END.length : 0)) : 0;
+      let answerStart = turn.reasoning ? Math.min(text.length, cut + (cut < text.length ? THINK_END.length : 0)) : 0;
+      while (answerStart < text.length && /\s/.test(text[answerStart])) answerStart++;     // the line break after </think>
       const node = turn.node;
       node.replaceChildren();
       node.dataset.status = turn.status;
