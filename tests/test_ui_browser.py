@@ -174,9 +174,12 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     turn.locator(".omni-chip.omni-evidence").click()
     p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - "
                         f"{EVIDENCE_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+    p.wait_for_selector(".omni-chip.omni-evidence.omni-now", timeout=5000)   # the span playing is lit
+    assert turn.locator(".omni-step .omni-chip.omni-now").count() == 0
     turn.locator(".omni-step .omni-chip").click()
     p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - "
                         f"{REASONING_SPAN_MS[0] / 1000}) < 0.01", timeout=5000)
+    p.wait_for_selector(".omni-step .omni-chip.omni-now", timeout=5000)
     assert len(ui.requests) == requests and len(ui.sent) == sent
     head = float(p.evaluate("document.querySelector('.omni-playhead').style.left").rstrip("%"))
     assert head == pytest.approx(100 * REASONING_SPAN_MS[0] / 1000 / CLIP_S, abs=0.5)

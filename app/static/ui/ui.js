@@ -809,6 +809,13 @@
       const dur = this._stripMs || 0;
       head.hidden = !(dur > 0);
       if (dur > 0) head.style.left = (100 * Math.min(1, ms / dur)).toFixed(2) + "%";
+      const turn = this.active;                       // light up the steps whose span is playing
+      if (turn && turn.node) {
+        for (const c of turn.node.querySelectorAll(".omni-chip")) {
+          const a = Number(c.dataset.startMs), b = Math.max(Number(c.dataset.endMs), a + 500);
+          c.classList.toggle("omni-now", ms >= a && ms <= b);
+        }
+      }
     }
 
     // The strip: thumbnails over the waveform, the active turn's spans on top (evidence highlighted).
