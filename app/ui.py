@@ -34,10 +34,10 @@ VIDEO_EXT = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi")
 AUDIO_EXT = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac")
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
 MEDIA_EXT = VIDEO_EXT + AUDIO_EXT + IMAGE_EXT
-MAX_DEMO_CLIPS = 12
+MAX_DEMO_ROWS = 60
 
 EXAMPLE_QUESTIONS = [
-    "What happens in this clip? Reason step by step with timestamps before answering.",
+    "What happens in this clip? List every thing seen and heard, with its time span.",
     "When is the first word spoken? Answer with its time span.",
     "List every sound you hear, each with its time span.",
     "What is on screen when the bell rings?",
@@ -78,30 +78,60 @@ def _first_paragraph(text: str) -> str:
     return " ".join(para)[:400]
 
 
-def demo_examples(demo_dir: Path) -> list[list[str]]:
-    """[clip path, suggested question] for the demo clips: questions.json (MMOU items, as
-    recipes.synthetic writes them) gives each clip its first question; other media files in the
-    folder come with the first example question."""
+def demo_examples(demo_dir: Path) -> list[tuple[str, str, str]]:
+    """(clip path, question, label) rows for the demo clips of `demo_dir`:
+
+    - suggested.json (recipes.train's demo: per clip its free-form questions and one multiple-choice
+      prompt per skill) gives every clip all its questions;
+    - without it, questions.json (MMOU items, as recipes.synthetic writes them) gives each clip its first;
+    - other media files in the folder come with the first example question.
+    """
     from .evaluate import DataError, load_items, question_prompt, resolve_video
     demo_dir = Path(demo_dir)
     if not demo_dir.is_dir():
         return []
-    rows: dict[Path, str] = {}
-    qfile = demo_dir / "questions.json"
-    if qfile.is_file():
+    rows: list[tuple[Path, str, str]] = []
+    suggested, qfile = demo_dir / "suggested.json", demo_dir / "questions.json"
+    if suggested.is_file():
+        for clip in _read_json_list(suggested):
+            path = demo_dir / str(clip.get("video", "")) if isinstance(clip, dict) else None
+            if path is None or not path.is_file():
+                continue
+            secs = clip.get("duration")
+            name = f"{path.name} ({secs:.0f} s)" if isinstance(secs, (int, float)) else path.name
+            for q in clip.get("free_form") or []:
+                if isinstance(q, str):
+                    rows.append((path, q, f"{name}: what happens"))
+            for q in clip.get("questions") or []:
+                if isinstance(q, dict) and isinstance(q.get("prompt") or q.get("question"), str):
+                    rows.append((path, q.get("prompt") or q["question"], f"{name}: {q.get('skill', 'question')}"))
+    if not rows and qfile.is_file():
         try:
+            seen = set()
             for item in load_items(qfile):
                 try:
-                    clip = resolve_video(item, qfile).resolve()
+                    clip = resolve_video(item, qfile)
                 except DataError:
                     continue
-                rows.setdefault(clip, question_prompt(item))
+                if clip.resolve() not in seen:
+                    seen.add(clip.resolve())
+                    rows.append((clip, question_prompt(item), clip.name))
         except DataError:
             pass
+    listed = {p.resolve() for p, _, _ in rows}
     for p in sorted(demo_dir.rglob("*")):
-        if p.is_file() and p.suffix.lower() in MEDIA_EXT:
-            rows.setdefault(p.resolve(), EXAMPLE_QUESTIONS[0])
-    return [[str(p), q] for p, q in list(rows.items())[:MAX_DEMO_CLIPS]]
+        if p.is_file() and p.suffix.lower() in MEDIA_EXT and p.resolve() not in listed:
+            rows.append((p, EXAMPLE_QUESTIONS[0], p.name))
+    return [(str(p.resolve()), q, label) for p, q, label in rows[:MAX_DEMO_ROWS]]
+
+
+def _read_json_list(path: Path) -> list:
+    import json
+    try:
+        data = json.loads(path.read_bytes()) if path.stat().st_size <= 1 << 20 else None
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
 
 
 MEDIA_PANEL = """
@@ -147,10 +177,12 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
                     stop = gr.Button("Stop streaming", elem_id="omni-stop", size="sm")
                 voice_turns = gr.Checkbox(False, label="Answer each time I stop speaking (server VAD)",
                                           elem_id="omni-vad")
-                clips = demo_examples(demo_dir)
-                if clips:
-                    gr.Examples(clips, inputs=[upload, question], label="Demo clips (a click loads the clip and a "
-                                "question)", elem_id="omni-demos", example_labels=[Path(p).name for p, _ in clips])
+                demos = demo_examples(demo_dir)
+                if demos:
+                    per_clip = max(sum(1 for d in demos if d[0] == demos[0][0]), 4)
+                    gr.Examples([[p, q] for p, q, _ in demos], inputs=[upload, question],
+                                label="Demo clips (a click loads the clip and a question)", elem_id="omni-demos",
+                                example_labels=[label for _, _, label in demos], examples_per_page=per_clip)
             with gr.Column(scale=2, min_width=300):
                 key = gr.Textbox(label="API key (this server wants one)", type="password", elem_id="omni-key",
                                  visible=api_key_box)

@@ -376,17 +376,31 @@ def test_default_model_note_only_for_the_bundled_model(tmp_path):
     assert default_model_note(tmp_path) == "" and default_model_note(None) == ""
 
 
-def test_demo_examples_read_questions_json_and_bare_clips(tmp_path):
+def test_demo_examples_read_suggested_json_questions_json_and_bare_clips(tmp_path):
     from app.evaluate import PROMPT_SUFFIX
     from app.ui import EXAMPLE_QUESTIONS, demo_examples
     demo = make_demo_folder(tmp_path / "demo", seconds=10, seed=3)
     (demo / "extra").mkdir()
     bare = demo / "extra" / "talk.wav"
     bare.write_bytes(b"RIFF")                                           # listed by name; read only when clicked
-    rows = demo_examples(demo)
     clip = next((demo / "clips").glob("*.mp4"))
     questions = json.loads((demo / "questions.json").read_text())
-    assert rows[0][0] == str(clip.resolve())
+    rows = demo_examples(demo)                                          # questions.json: each clip's first question
+    assert rows[0][0] == str(clip.resolve()) and rows[0][2] == clip.name
     assert rows[0][1].startswith(questions[0]["question"]) and rows[0][1].endswith(PROMPT_SUFFIX)
-    assert rows[1] == [str(bare.resolve()), EXAMPLE_QUESTIONS[0]]
+    assert rows[1] == (str(bare.resolve()), EXAMPLE_QUESTIONS[0], "talk.wav")
     assert len(rows) == 2 and demo_examples(tmp_path / "missing") == []
+
+    # suggested.json (recipes.train's demo folder): every question of every clip, free-form first
+    (demo / "suggested.json").write_text(json.dumps([{
+        "video": f"clips/{clip.name}", "duration": 10.2, "free_form": ["What happens? List it with time spans."],
+        "questions": [{"question_id": "q0", "skill": "counting", "question": "How many?", "prompt": "How many?\n(A) 1"},
+                      {"question_id": "q1", "skill": "needle", "question": "Which word?"}]},
+        {"video": "clips/missing.mp4", "duration": 5, "free_form": ["?"], "questions": []}]))
+    rows = demo_examples(demo)
+    assert rows == [(str(clip.resolve()), "What happens? List it with time spans.", f"{clip.name} (10 s): what happens"),
+                    (str(clip.resolve()), "How many?\n(A) 1", f"{clip.name} (10 s): counting"),
+                    (str(clip.resolve()), "Which word?", f"{clip.name} (10 s): needle"),
+                    (str(bare.resolve()), EXAMPLE_QUESTIONS[0], "talk.wav")]
+    (demo / "suggested.json").write_text("{not json")                  # unreadable: questions.json again
+    assert [r[2] for r in demo_examples(demo)] == [clip.name, "talk.wav"]
