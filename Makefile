@@ -1,6 +1,8 @@
 # make run    install requirements.txt into .venv, start the app
 # make test   install requirements-test.txt into .venv, run the tests
 # make bench  install requirements-test.txt into .venv (transformers is the peer), run the benchmarks
+# make train-default  retrain the bundled default model from seed 0 on the CPU (recipes/train; about 2 h on
+#             2 cores): data in .cache/train-data, weights, log, curves and metrics in assets/default-model
 #
 # .venv is created with `python3 -m venv` when missing.  A stamp file per requirement set records
 # the last install, so pip only runs again when a requirements file changes.
@@ -14,7 +16,7 @@ PIP_FLAGS ?=
 RUN_STAMP := $(VENV)/.make-run
 TEST_STAMP := $(VENV)/.make-test
 
-.PHONY: run test bench
+.PHONY: run test bench train-default
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +43,6 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(PY) bench/decoder.py
 	$(PY) bench/speculative.py
+
+train-default: $(RUN_STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m recipes.train run --out assets/default-model --seed 0

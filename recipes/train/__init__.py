@@ -1,0 +1,12 @@
+"""Training the bundled default model on synthetic clips, on the CPU.
+
+    python -m recipes.train run --out assets/default-model --seed 0    (make train-default)
+    python -m recipes.train demo --out assets/demo                    (the demo clips)
+
+config.py  the tiny Omni configuration and the run's settings
+model.py   the model's parts, their seeded initialization, the checkpoint writer
+data.py    clips, frozen-tower features cached per clip, the streaming layout, training items
+train.py   the loop: shared media prefix, batched questions, aux-loss-free expert balancing
+plots.py   loss curves drawn with PIL
+run.py     a whole run: data, tokenizer, training, checkpoint, held-out evaluation; the demo clips
+"""

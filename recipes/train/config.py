@@ -1,0 +1,140 @@
+"""The bundled default model's shape and the training run's settings.
+
+`omni_config(vocab_size)` is the model's config.json in the layout transformers' `save_pretrained`
+writes for `NemotronH_Omni_Reasoning_V3` (text_config / vision_config / audio_config, released
+weight names), so both our loader and transformers read the checkpoint. The model is a tiny copy
+of the Omni architecture with every token reduction of the real one: pixel shuffle (4x), video
+tubelets of 2 frames (2x), EVS available at inference, audio 8x subsampling (80 ms a token).
+
+`TrainConfig` holds what a run does; its defaults are the shipped run (`make train-default`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# The decoder: NemotronH with Mamba2, attention and MoE layers.
+TEXT = dict(
+    hidden_size=128, hybrid_override_pattern="MEM*EMEM*E", num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    intermediate_size=256, mamba_num_heads=8, mamba_head_dim=32, ssm_state_size=32, n_groups=2, conv_kernel=4,
+    chunk_size=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=256,
+    moe_shared_expert_intermediate_size=256, routed_scaling_factor=1.0, norm_topk_prob=True, n_group=1, topk_group=1,
+    layer_norm_epsilon=1e-5, max_position_embeddings=131072, tie_word_embeddings=False)
+# RADIO-style ViT: 16x16 patches, a separate tubelet embedder for frame pairs.
+VISION = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4.0, patch_size=16,
+              max_img_size=256, num_cls_tokens=2, num_registers=2, video_temporal_patch_size=2, qkv_bias=True,
+              layer_norm_eps=1e-6)
+# Parakeet-style FastConformer: 128 mel bins, 8x subsampling.
+AUDIO = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, conv_kernel_size=9,
+             subsampling_factor=8, subsampling_conv_channels=32, subsampling_conv_kernel_size=3,
+             subsampling_conv_stride=2, num_mel_bins=128, attention_bias=False, convolution_bias=True,
+             scale_input=False, projection_hidden_size=512, projection_bias=False)
+PROJECTOR_HIDDEN = 512
+VIDEO_TARGET_PATCHES = 80      # 320x240 frames -> 8x10 patches -> 20 tokens a tubelet after pixel shuffle
+IMAGE_PATCHES = (64, 256)      # min / max patches of an image
+VOCAB_SIZE = 1024
+
+
+def omni_config(vocab_size: int = VOCAB_SIZE) -> dict:
+    """config.json of the default model (save_pretrained layout). `time_step_min` is tiny because
+    transformers clamps Mamba's dt at it during prefill (not while decoding); the model itself
+    has no clamp (`time_step_limit` [0, inf]), as the released kernels and our engine read it."""
+    text = dict(TEXT, vocab_size=vocab_size, model_type="nemotron_h", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                mamba_hidden_act="silu", mlp_hidden_act="relu2", use_bias=False, use_conv_bias=True,
+                mamba_proj_bias=False, mlp_bias=False, attention_bias=False, expand=2, n_shared_experts=1,
+                num_nextn_predict_layers=0, time_step_limit=[0.0, {"__float__": "Infinity"}], time_step_min=1e-9,
+                time_step_max=0.1, time_step_floor=1e-4, mamba_ssm_cache_dtype="float32", moe_latent_size=None,
+                residual_in_fp32=False, rescale_prenorm_residual=True, use_cache=True, num_logits_to_keep=1)
+    v = VISION
+    vision = dict(v, model_type="radio", hidden_act="gelu", num_channels=3, norm_mean=CLIP_MEAN, norm_std=CLIP_STD,
+                  layerscale_value=1.0, use_swiglu_ffn=False, summary_idxs=list(range(v["num_cls_tokens"])),
+                  patch_dim=3 * v["patch_size"] ** 2,
+                  video_patch_dim=3 * v["patch_size"] ** 2 * v["video_temporal_patch_size"])
+    audio = dict(AUDIO, model_type="parakeet_encoder", hidden_act="silu", num_key_value_heads=AUDIO["num_attention_heads"],
+                 max_position_embeddings=5000, dropout=0.0, dropout_positions=0.0, activation_dropout=0.0,
+                 attention_dropout=0.0, layerdrop=0.0)
+    return {"architectures": ["NemotronH_Omni_Reasoning_V3"], "model_type": "nemotron_h_omni", "dtype": "float32",
+            "text_config": text, "vision_config": vision, "audio_config": audio, "downsample_ratio": 0.5,
+            "projector_hidden_size": PROJECTOR_HIDDEN, "vision_hidden_size": v["hidden_size"], "force_image_size": None,
+            "image_token_id": 18, "video_token_id": 21, "audio_token_id": 27, "video_pruning_rate": 0.0,
+            "video_temporal_patch_size": v["video_temporal_patch_size"]}
+
+
+def processor_config() -> dict:
+    """processor_config.json: the image / video processors and the audio feature extractor."""
+    p = VISION["patch_size"]
+    return {
+        "processor_class": "NemotronH_Omni_Reasoning_V3Processor",
+        "audio_hop_length": 160, "audio_sampling_rate": 16000, "audio_subsampling_factor": 8,
+        "video_temporal_patch_dim": VISION["video_temporal_patch_size"],
+        "feature_extractor": {"feature_extractor_type": "ParakeetFeatureExtractor", "feature_size": 128,
+                              "hop_length": 160, "n_fft": 512, "win_length": 400, "preemphasis": 0.97,
+                              "sampling_rate": 16000, "padding_side": "right", "padding_value": 0.0,
+                              "return_attention_mask": True},
+        "image_processor": {"image_processor_type": "NemotronH_Omni_Reasoning_V3ImageProcessor", "patch_size": p,
+                            "downsample_ratio": 0.5, "min_num_patches": IMAGE_PATCHES[0],
+                            "max_num_patches": IMAGE_PATCHES[1], "max_model_len": 16384, "image_mean": CLIP_MEAN,
+                            "image_std": CLIP_STD, "do_convert_rgb": True, "do_normalize": True, "do_rescale": True,
+                            "rescale_factor": 1 / 255, "resample": 3},
+        "video_processor": {"video_processor_type": "NemotronH_Omni_Reasoning_V3VideoProcessor", "patch_size": p,
+                            "downsample_ratio": 0.5, "norm_mean": CLIP_MEAN, "norm_std": CLIP_STD,
+                            "temporal_patch_size": VISION["video_temporal_patch_size"],
+                            "video_target_num_patches": VIDEO_TARGET_PATCHES, "video_maintain_aspect_ratio": True,
+                            "rescale_factor": 1 / 255, "return_metadata": False},
+    }
+
+
+GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": [2, 11], "pad_token_id": 0, "do_sample": False,
+                     "max_new_tokens": 512}
+
+
+@dataclass
+class TrainConfig:
+    """One training run; the defaults are the shipped one."""
+
+    seed: int = 0
+    # data: clip lengths (seconds) and how many clips of each band, all from `seed`
+    train_bands: tuple = ((20.0, 60.0, 240), (60.0, 120.0, 120), (120.0, 180.0, 60))
+    fps: float = 1.0                    # video frames sampled a second (tubelets of 2 frames: one per 2 s)
+    audio_clip_s: float = 2.0           # audio chunk length of the streaming layout
+    # optimisation
+    steps: int = 1500                   # optimisation steps (one clip each): fixed, so a seed gives the same weights
+    minutes: float = 0.0                # optional wall-clock guard of the loop (0: none); stopping early is logged
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 60
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
+    timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
+    evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
+    evs_rates: tuple = (0.5, 0.8)
+    balance_rate: float = 1e-3          # e_score_correction_bias step per training step
+    threads: int = 2
+    workers: int = 2                    # data-generation processes
+    val_clips: int = 4                  # held-out clips whose loss is logged during training
+    # held-out evaluation after training (seeds disjoint from the training seed)
+    eval_clips: int = 8                 # 20 s .. 3 min
+    eval_long_clips: int = 4            # 6 min: twice the longest training clip
+    eval_questions_per_clip: int = 12
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["train_bands"] = [list(b) for b in self.train_bands]
+        return d
+
+    @property
+    def longest_train_s(self) -> float:
+        return max(b[1] for b in self.train_bands)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        """Linear warm-up, then cosine decay over the run's progress (0..1 of the steps)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))

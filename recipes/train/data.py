@@ -1,0 +1,221 @@
+"""Training data: synthetic clips, their frozen-tower features cached once, and the training items.
+
+Clips come from the synthetic generator (recipes/synthetic), clip by clip from the run's seed,
+in length bands. Each clip is read exactly as `python -m app eval` and a live session read it
+(app.evaluate.media_chunks: video at 1 fps in 2-frame tubelets with their frame labels, audio in
+2 s chunks with their time labels, in time order), except that the projectors are left out: the
+inputs of `mlp1` and `sound_projection` are cached per clip (`features/<clip>.safetensors` and
+the chunk list in `features/<clip>.json`), so training runs the projectors and the decoder only.
+
+A training example is a clip with its questions (MMOU items; the target is the item's TA-CoT
+`reasoning`) plus one timeline item that lists every event of the clip with its time span:
+dense supervision for what is seen and heard, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from app.evaluate import audio_chunks, question_prompt, parse_item, video_chunks
+from app.timestamps import format_reasoning
+from fusion.stream import EmbeddingChunk
+
+TIMELINE_QUESTION = "What happens in this clip? List every thing seen and heard, with its time span."
+
+
+# ---------------------------------------------------------------------------------------------
+# clips and features
+# ---------------------------------------------------------------------------------------------
+
+def clip_features(vision, audio, path, fps: float, audio_clip_s: float):
+    """The chunk list of a clip (app.evaluate's layout, EVS off) and the projector inputs of its
+    chunks: video (tubelets, tokens, 4 * ViT width), audio (tokens, conformer width)."""
+    from encoders import media
+
+    def capture(module):       # the projector's inputs, in the order the towers run (chunk order)
+        got = []
+        return got, module.register_forward_hook(lambda m, args, out: got.append(args[0].detach().clone()))
+
+    vgot, hook = capture(vision.mlp1)
+    try:
+        vchunks = video_chunks(vision, media.iter_video_frames(path, fps=fps), vision.cfg.temporal_patch_size)
+    finally:
+        hook.remove()
+    agot, hook = capture(audio.projection)
+    try:
+        achunks = audio_chunks(audio, media.load_audio(path), audio_clip_s)
+    finally:
+        hook.remove()
+    video = torch.cat(vgot)
+    audio_feats = [x for batch in agot for x in batch]
+    if video.shape[0] != len(vchunks) or [len(x) for x in audio_feats] != [c.num_tokens for c in achunks]:
+        raise RuntimeError(f"{path}: the captured features do not match the chunks")
+    chunks = sorted(vchunks + achunks, key=lambda c: c.sort_key())
+    meta = [{"modality": c.modality, "t0": c.t0, "t1": c.t1, "label": c.label, "seq": c.seq, "n": c.num_tokens}
+            for c in chunks]
+    return meta, video, torch.cat(audio_feats)
+
+
+_WORKER = {}
+
+
+def _worker_init(seed: int, vocab_size: int, threads: int):
+    from .model import new_model
+    torch.set_num_threads(threads)
+    _, _, vision, audio = new_model(seed, vocab_size)
+    _WORKER.update(vision=vision, audio=audio)
+
+
+def _make_clip(job) -> list[dict]:
+    """Generate one clip (mp4, timeline, questions) and cache its features; returns its items."""
+    from recipes.synthetic.generate import clip_id, generate_clip
+    from recipes.synthetic.wordbank import load_wordbank
+
+    out, seed, index, lo, hi, fps, audio_clip_s = job
+    out = Path(out)
+    cid = clip_id(seed, index)
+    items_path = out / "items" / f"{cid}.json"
+    feat_path = out / "features" / f"{cid}.safetensors"
+    if items_path.exists() and feat_path.exists():        # already made by an earlier, interrupted run
+        return json.loads(items_path.read_text())
+    items = generate_clip(out, seed, index, lo, hi, load_wordbank())
+    with torch.inference_mode():
+        meta, video, audio = clip_features(_WORKER["vision"], _WORKER["audio"], out / f"clips/{cid}.mp4", fps,
+                                           audio_clip_s)
+    save_file({"video": video.contiguous(), "audio": audio.contiguous()}, str(feat_path))
+    (out / "features" / f"{cid}.json").write_text(json.dumps(meta) + "\n")
+    items_path.write_text(json.dumps(items) + "\n")
+    return items
+
+
+def make_clips(out, seed: int, bands, model_seed: int, vocab_size: int, fps: float, audio_clip_s: float,
+               workers: int = 2, first_index: int = 0, desc: str = "clips") -> list[dict]:
+    """Clips of `bands` [(min s, max s, count), ...] from `seed` (clip i of the seed, i counted over
+    the bands from `first_index`), generated and encoded by `workers` processes; their items."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    for sub in ("clips", "timelines", "features", "items"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs, index = [], first_index
+    for lo, hi, count in bands:
+        for _ in range(int(count)):
+            jobs.append((str(out), seed, index, float(lo), float(hi), fps, audio_clip_s))
+            index += 1
+    items: list[dict] = []
+    bar = dict(total=len(jobs), desc=desc, unit="clip", file=sys.stderr)
+    if workers <= 0:                     # in this process (tests, debugging)
+        threads = torch.get_num_threads()
+        _worker_init(model_seed, vocab_size, threads)
+        try:
+            for job in tqdm(jobs, **bar):
+                items += _make_clip(job)
+        finally:
+            torch.set_num_threads(threads)
+        return items
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(model_seed, vocab_size, 1)) as pool:
+        for got in tqdm(pool.map(_make_clip, jobs), **bar):
+            items += got
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# training examples
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Clip:
+    """One clip's cached features and chunk list, and its training items."""
+
+    clip_id: str
+    duration: float
+    meta: list[dict]
+    video: torch.Tensor          # (tubelets, tokens, 4 * ViT width)
+    audio: torch.Tensor          # (tokens, conformer width)
+    items: list[dict]            # MMOU items, `reasoning` the target
+    timeline: dict
+
+    def chunks(self, video_embeds: torch.Tensor, audio_embeds: torch.Tensor, keep: torch.Tensor | None = None):
+        """EmbeddingChunks of the session with these projected embeddings (video (tubelets, tokens, D),
+        audio (tokens, D)); `keep` (tubelets, tokens) is an EVS mask."""
+        out, a = [], 0
+        for m in self.meta:
+            if m["modality"] == "video":
+                e = video_embeds[m["seq"]]
+                if keep is not None:
+                    e = e[keep[m["seq"]]]
+            else:
+                e = audio_embeds[a:a + m["n"]]
+                a += m["n"]
+            out.append(EmbeddingChunk("", m["modality"], m["t0"], m["t1"], m["label"], e, m["seq"]))
+        return out
+
+
+def load_clip(folder, clip_id: str, items: list[dict]) -> Clip:
+    folder = Path(folder)
+    feats = load_file(str(folder / "features" / f"{clip_id}.safetensors"))
+    meta = json.loads((folder / "features" / f"{clip_id}.json").read_text())
+    timeline = json.loads((folder / "timelines" / f"{clip_id}.json").read_text())
+    return Clip(clip_id, timeline["duration"], meta, feats["video"], feats["audio"], items, timeline)
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def timeline_steps(timeline: dict) -> list[tuple[float, float, str]]:
+    """Every event of a timeline as a reasoning step, in the generator's own words."""
+    steps = []
+    for e in sorted(timeline["events"], key=lambda e: (e["t0"], e["t1"], e["id"])):
+        if e["modality"] == "visual":
+            text = f"The word {e['word']} flashes on screen." if e["kind"] == "flash" else f"{_cap(e['label'])} is on screen."
+        else:
+            text = f"{_cap(e['label'])} is {'spoken' if e['kind'] == 'speech' else 'heard'}."
+        steps.append((e["t0"], e["t1"], text))
+    return steps
+
+
+def timeline_target(timeline: dict) -> str:
+    """The timeline item's answer: every event, then how many were seen and heard."""
+    seen = sum(e["modality"] == "visual" for e in timeline["events"])
+    heard = len(timeline["events"]) - seen
+    return format_reasoning(timeline_steps(timeline), f"{seen} things are seen and {heard} sounds are heard.")
+
+
+def prompt_and_target(item: dict) -> tuple[str, str]:
+    """(user question text, assistant text after the generation prompt `<think>\\n`) of an item."""
+    reasoning = item["reasoning"]
+    if not reasoning.startswith("<think>\n"):
+        raise ValueError(f"item {item.get('question_id')}: reasoning does not start with '<think>\\n'")
+    return question_prompt(parse_item(item, "training item")), reasoning[len("<think>\n"):]
+
+
+def timeline_prompt_and_target(timeline: dict) -> tuple[str, str]:
+    return TIMELINE_QUESTION, timeline_target(timeline)[len("<think>\n"):]
+
+
+def corpus_texts(items: list[dict], timelines: list[dict]) -> list[str]:
+    """What the tokenizer is trained on: questions with their options, targets, and every label."""
+    from app.engine_loop import question_tail, stream_header
+    from fusion.stream import audio_chunk_label
+    from app.encoder_service import frame_label
+
+    texts = [stream_header(), question_tail(TIMELINE_QUESTION)]
+    for it in items:
+        q, t = prompt_and_target(it)
+        texts += [question_tail(q), t]
+    for tl in timelines:
+        texts.append(timeline_target(tl))
+    for k in range(0, 400, 2):          # frame and audio labels over 6 minutes and more
+        texts.append(frame_label([k + 1, k + 2], [k / 1.0, k + 1.0]))
+        texts.append(audio_chunk_label(float(k), float(k + 2)))
+    return texts

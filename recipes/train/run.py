@@ -1,0 +1,209 @@
+"""A whole run, from a seed to a shipped checkpoint folder with its log, curves and metrics.
+
+    data      training clips (seed S) with cached tower features; 4 validation clips (seed S+1000)
+    tokenizer byte-level BPE on the training corpus, special tokens at the released ids
+    train     the loop of train.py
+    save      the checkpoint in the released Hugging Face layout (model.py)
+    eval      `python -m app eval`'s own path on held-out clips: 20 s - 3 min (seed S+2000) and
+              6 min (seed S+3000, twice the longest training clip), EVS off and at 0.7
+
+Everything in the output folder except the figures' timings is a function of the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from app.evaluate import question_prompt
+
+from .config import VOCAB_SIZE, TrainConfig
+
+EVS_EVAL_RATE = 0.7
+
+
+def _clips(folder: Path, items: list[dict]):
+    from .data import load_clip
+    by: dict[str, list[dict]] = {}
+    for it in items:
+        by.setdefault(Path(it["video"]).stem, []).append(it)
+    return [load_clip(folder, cid, its) for cid, its in sorted(by.items())]
+
+
+def heldout_set(folder: Path, seed: int, clips: int, lo: float, hi: float, per_clip: int, workers: int) -> Path:
+    """Generate held-out clips (mp4 only: evaluation runs the towers itself) and write eval.json,
+    `per_clip` questions of each clip drawn with `seed`. Returns the eval.json path."""
+    from recipes.synthetic.generate import generate
+
+    path = folder / "eval.json"
+    if not path.exists():
+        items = generate(folder, seed, clips, lo, hi, progress=True)
+        rng = random.Random(seed)
+        by: dict[str, list[dict]] = {}
+        for it in items:
+            by.setdefault(it["video"], []).append(it)
+        chosen = [it for group in by.values() for it in sorted(rng.sample(group, min(per_clip, len(group))),
+                                                                  key=lambda x: x["question_id"])]
+        path.write_text(json.dumps(chosen, indent=1) + "\n")
+    return path
+
+
+def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None) -> dict:
+    """`python -m app eval --model model_dir --data data [--evs rate]`, in process."""
+    from app.evaluate import evaluate_items, load_items, score
+    from fusion.omni import OmniModel
+
+    omni = OmniModel.load(model_dir)
+    items = load_items(data)
+    t = time.perf_counter()
+    preds = evaluate_items(omni, items, data, evs_rate=evs_rate)
+    m = score(items, preds)
+    m["seconds"] = round(time.perf_counter() - t, 1)
+    return m
+
+
+def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True) -> dict:
+    from engine.tokenizer import Tokenizer, train_tokenizer
+
+    from .data import corpus_texts, make_clips
+    from .model import new_model, save_omni
+    from .plots import loss_curves
+    from .train import Trainer, train
+
+    out, data_dir = Path(out), Path(data_dir)
+    torch.set_num_threads(cfg.threads)
+    times, t0 = {}, time.perf_counter()
+    common = dict(model_seed=cfg.seed, vocab_size=VOCAB_SIZE, fps=cfg.fps, audio_clip_s=cfg.audio_clip_s,
+                  workers=cfg.workers)
+    items = make_clips(data_dir / "train", cfg.seed, cfg.train_bands, desc="training clips", **common)
+    val_items = make_clips(data_dir / "val", cfg.seed + 1000, [(20.0, 60.0, cfg.val_clips)], desc="validation clips", **common)
+    clips, val_clips = _clips(data_dir / "train", items), _clips(data_dir / "val", val_items)
+    times["data_s"] = round(time.perf_counter() - t0, 1)
+
+    t = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(out, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1)
+    tok = Tokenizer.from_dir(out)
+    raw, decoder, vision, audio = new_model(cfg.seed, VOCAB_SIZE)
+    trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
+    summary = train(trainer, clips, cfg, out / "train_log.jsonl", val_clips, val_every=max(1, cfg.steps // 10),
+                    progress=progress)
+    times["train_s"] = round(time.perf_counter() - t, 1)
+    save_omni(out, raw, decoder, vision, audio)
+    curves = loss_curves(out / "train_log.jsonl", out)
+
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    last = rows[-max(1, len(rows) // 20):]
+    n_params = {name: sum(p.numel() for p in m.parameters())
+                for name, m in (("decoder", decoder), ("vision", vision), ("audio", audio))}
+    metrics = {
+        "seed": cfg.seed,
+        "config": cfg.to_json(),
+        "model": {"parameters": n_params, "total_parameters": sum(n_params.values()),
+                  "model_safetensors_mb": round((out / "model.safetensors").stat().st_size / 2**20, 2),
+                  "vocab_size": VOCAB_SIZE, "pattern": raw["text_config"]["hybrid_override_pattern"]},
+        "data": {"train_clips": len(clips), "train_seconds": round(sum(c.duration for c in clips), 1),
+                 "train_questions": len(items), "longest_train_clip_s": max(c.duration for c in clips),
+                 "val_clips": len(val_clips)},
+        "training": {**summary, "tokens": sum(r["prefix_tokens"] + r["suffix_tokens"] for r in rows),
+                     "target_tokens": sum(r.get("qa_tokens", 0) + r.get("timeline_tokens", 0) for r in rows),
+                     "first_loss": rows[0]["loss"], "final_loss": round(sum(r["loss"] for r in last) / len(last), 4),
+                     "final_val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
+                     "final_expert_imbalance": round(sum(r["expert_imbalance"] for r in last) / len(last), 4)},
+        "curves": [p.name for p in curves],
+    }
+    if evaluate:
+        t = time.perf_counter()
+        short = heldout_set(data_dir / "heldout", cfg.seed + 2000, cfg.eval_clips, 20.0, cfg.longest_train_s,
+                            cfg.eval_questions_per_clip, cfg.workers)
+        long = heldout_set(data_dir / "heldout-long", cfg.seed + 3000, cfg.eval_long_clips, 2 * cfg.longest_train_s,
+                           2 * cfg.longest_train_s, cfg.eval_questions_per_clip, cfg.workers)
+        metrics["eval"] = {
+            "heldout": {"data": f"seed {cfg.seed + 2000}: {cfg.eval_clips} clips of 20-{cfg.longest_train_s:g} s",
+                        "evs_off": evaluate_set(out, short, 0.0), f"evs_{EVS_EVAL_RATE}": evaluate_set(out, short, EVS_EVAL_RATE)},
+            "heldout_2x_length": {"data": f"seed {cfg.seed + 3000}: {cfg.eval_long_clips} clips of "
+                                          f"{2 * cfg.longest_train_s:g} s",
+                                  "evs_off": evaluate_set(out, long, 0.0),
+                                  f"evs_{EVS_EVAL_RATE}": evaluate_set(out, long, EVS_EVAL_RATE)},
+        }
+        times["eval_s"] = round(time.perf_counter() - t, 1)
+    times["total_s"] = round(time.perf_counter() - t0, 1)
+    metrics["timings"] = times
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+DEMO_CLIPS = ((20.0, 40.0), (20.0, 40.0), (55.0, 65.0))
+
+
+def make_demo(out, seed: int = 7, lengths=DEMO_CLIPS) -> Path:
+    """A few short held-out clips for the UI and the README (clip i of `seed`, lengths in the
+    given ranges): `questions.json` (MMOU items, usable by `python -m app eval`) and
+    `suggested.json` (per clip: one question per skill, and the timeline question)."""
+    from app.evaluate import parse_item
+    from recipes.synthetic.generate import generate_clip
+    from recipes.synthetic.wordbank import load_wordbank
+
+    from .data import TIMELINE_QUESTION
+
+    out = Path(out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    (out / "timelines").mkdir(exist_ok=True)
+    bank = load_wordbank()
+    items, suggested = [], []
+    for index, (lo, hi) in enumerate(lengths):
+        qs = generate_clip(out, seed, index, lo, hi, bank)
+        items += qs
+        picks, seen = [], set()
+        for it in qs:
+            if it["question_type"][0] not in seen:
+                seen.add(it["question_type"][0])
+                picks.append({"question_id": it["question_id"], "skill": it["question_type"][0],
+                              "question": it["question"], "prompt": question_prompt(parse_item(it, "demo"))})
+        suggested.append({"video": qs[0]["video"], "duration": qs[0]["video_duration"],
+                          "questions": picks, "free_form": [TIMELINE_QUESTION]})
+    (out / "questions.json").write_text(json.dumps(items, indent=1) + "\n")
+    (out / "suggested.json").write_text(json.dumps(suggested, indent=1) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m recipes.train", description="train the bundled default model")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="data, tokenizer, training, checkpoint, held-out evaluation")
+    r.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (e.g. assets/default-model)")
+    r.add_argument("--data", type=Path, default=Path(".cache/train-data"), help="data folder (clips, features)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the shipped run's)")
+    r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
+    r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
+    r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "demo":
+            print(f"wrote {make_demo(args.out, args.seed)}")
+            return 0
+        cfg = TrainConfig(seed=args.seed)
+        if args.steps is not None:
+            cfg.steps = args.steps
+        if args.minutes is not None:
+            cfg.minutes = args.minutes
+        if args.clips is not None:
+            cfg.train_bands = tuple((lo, hi, max(1, round(n * args.clips))) for lo, hi, n in cfg.train_bands)
+        data = args.data / f"seed{args.seed}"
+        m = run(args.out, cfg, data, evaluate=not args.no_eval)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"training": m["training"], "eval": m.get("eval", {}), "timings": m["timings"]}, indent=1))
+    return 0

@@ -1,0 +1,265 @@
+"""The training loop: one clip a step, its media prefix shared by all its questions.
+
+A step reads one clip as a session does (chat header, then its media chunks through the trained
+projectors and `fusion.stream.chunk_input`, the engine's own path), runs the decoder over that
+prefix once, then continues from the prefix's state with all the clip's questions as one batch
+(each row: the question, the assistant header, the TA-CoT target) and with the timeline item.
+The loss is the cross-entropy of the target tokens; gradients flow back through the shared
+prefix into the decoder and both projectors. The towers' encoders are frozen (their features are
+cached, see data.py).
+
+Expert balancing is aux-loss-free, as in Nemotron and DeepSeek-V3: after every step each MoE
+layer's `e_score_correction_bias` moves by `balance_rate * sign(mean load - expert load)`, so
+under-used experts are chosen more often; the routing weights themselves stay uncorrected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from app.engine_loop import question_tail, stream_header
+from engine.model import MoE, NemotronH
+from engine.state import State
+from fusion.stream import EvsStream, chunk_input
+from kernels.moe import route
+
+from .data import Clip, prompt_and_target, timeline_prompt_and_target
+
+# NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
+# the kernels keep no in-place updates of saved tensors), so training calls it undecorated.
+decoder_forward = NemotronH.forward.__wrapped__
+TIMELINE_WEIGHT = 0.5       # the timeline item's tokens count half: it is long, and not what is asked
+
+
+class ExpertLoad:
+    """Counts the tokens each expert of each MoE layer receives (forward hooks), and moves the
+    correction biases towards balance after a step."""
+
+    def __init__(self, decoder: NemotronH):
+        self.layers = [(i, b.mixer) for i, b in enumerate(decoder.backbone.layers) if isinstance(b.mixer, MoE)]
+        self.counts = {i: torch.zeros(m.cfg.n_routed_experts) for i, m in self.layers}
+        self.hooks = [m.register_forward_hook(self._hook(i)) for i, m in self.layers]
+
+    def _hook(self, i):
+        def count(moe, args, out):
+            with torch.no_grad():
+                x = args[0].reshape(-1, args[0].shape[-1]).float()
+                c = moe.cfg
+                ids, _ = route(F.linear(x, moe.gate.weight.float()), moe.gate.e_score_correction_bias.float(),
+                               c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob, c.routed_scaling_factor)
+                self.counts[i] += torch.bincount(ids.reshape(-1), minlength=c.n_routed_experts).float()
+        return count
+
+    def imbalance(self) -> float:
+        """Mean over layers of (most-loaded expert's load / mean load): 1.0 is perfect balance."""
+        vals = [float(c.max() / c.mean()) for c in self.counts.values() if c.sum() > 0]
+        return sum(vals) / len(vals) if vals else 1.0
+
+    @torch.no_grad()
+    def update(self, rate: float) -> float:
+        """Apply the bias update, reset the counts, return the step's imbalance."""
+        imb = self.imbalance()
+        for i, moe in self.layers:
+            load = self.counts[i]
+            moe.gate.e_score_correction_bias += rate * torch.sign(load.mean() - load)
+            load.zero_()
+        return imb
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def expand_state(state: State, rows: int, room: int) -> State:
+    """`rows` copies of a one-row state (conv / SSM states and the used KV cache, with space for
+    `room` more positions), still in the autograd graph: continuing from it backpropagates into
+    the prefix. The KV buffers are new tensors, so the suffix writes into them in place."""
+    length = state.lengths[0]
+    st = State(batch=rows, lengths=[length] * rows)
+    st.conv = {i: t.expand(rows, *t.shape[1:]) for i, t in state.conv.items()}
+    st.ssm = {i: t.expand(rows, *t.shape[1:]) for i, t in state.ssm.items()}
+    for kv, src in ((st.k, state.k), (st.v, state.v)):
+        for i, t in src.items():
+            used = t[:, :, :length].expand(rows, -1, -1, -1)
+            kv[i] = torch.cat([used, used.new_zeros(rows, t.shape[1], room, t.shape[3])], dim=2)
+    return st
+
+
+def evs_keep(video_embeds: torch.Tensor, rate: float) -> torch.Tensor:
+    """The EVS mask a live session applies (EvsStream, tubelet by tubelet) to these embeddings."""
+    evs = EvsStream(rate)
+    with torch.no_grad():
+        return torch.stack([evs.keep_mask(video_embeds[t:t + 1].detach())[0] for t in range(video_embeds.shape[0])])
+
+
+class Batch:
+    """Token ids of suffixes continuing one prefix: (prompt ids, target ids) per row, right-padded."""
+
+    def __init__(self, rows: list[tuple[list[int], list[int]]], pad_id: int = 0):
+        self.rows = rows
+        width = max(len(p) + len(t) for p, t in rows)
+        self.ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        self.target = torch.full((len(rows), width), -100, dtype=torch.long)   # label at each input position
+        for r, (p, t) in enumerate(rows):
+            seq = p + t
+            self.ids[r, :len(seq)] = torch.tensor(seq)
+            self.target[r, len(p) - 1:len(seq) - 1] = torch.tensor(t)         # position j predicts token j + 1
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.target != -100).sum())
+
+
+class Trainer:
+    """Decoder + projectors + tokenizer, and the loss of a clip."""
+
+    def __init__(self, decoder, vision, audio, tokenizer, image_token_id: int = 18, audio_token_id: int = 27):
+        self.decoder, self.vision, self.audio, self.tok = decoder, vision, audio, tokenizer
+        self.placeholder = {"video": image_token_id, "image": image_token_id, "audio": audio_token_id}
+        self.header = tokenizer.encode(stream_header())
+        self.end = tokenizer.token_id("<|im_end|>")
+        self._suffix_cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def suffix(self, key: str, question: str, target: str) -> tuple[list[int], list[int]]:
+        if key not in self._suffix_cache:
+            self._suffix_cache[key] = (self.tok.encode(question_tail(question)), self.tok.encode(target) + [self.end])
+        return self._suffix_cache[key]
+
+    def prefix(self, clip: Clip, evs_rate: float = 0.0) -> torch.Tensor:
+        """(P, D) decoder input of the clip's session, through the projectors."""
+        video = self.vision.mlp1(clip.video)
+        audio = self.audio.projection(clip.audio)
+        keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
+        embed = self.decoder.embed
+        parts = [embed(torch.tensor([self.header]))[0]]
+        parts += [chunk_input(c, self.tok, embed, self.placeholder[c.modality]) for c in clip.chunks(video, audio, keep)]
+        return torch.cat(parts)
+
+    def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
+        return [self.suffix(it["question_id"], *prompt_and_target(it)) for it in items]
+
+    def timeline_row(self, clip: Clip) -> tuple[list[int], list[int]]:
+        return self.suffix(clip.clip_id + "/timeline", *timeline_prompt_and_target(clip.timeline))
+
+    def loss(self, clip: Clip, items: list[dict], timeline: bool, evs_rate: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """Mean target-token cross-entropy of the clip's items (and its timeline item, weighted)."""
+        x = self.prefix(clip, evs_rate)
+        state = self.decoder.new_state()
+        decoder_forward(self.decoder, state, inputs_embeds=x[None], logits="none")
+        parts = []
+        rows = sorted(self.rows(clip, items), key=lambda r: len(r[0]) + len(r[1]))
+        half = len(rows) // 2 if len(rows) >= 8 else 0          # two batches by length: less padding
+        for group in (rows[:half], rows[half:]):
+            if group:
+                parts.append(("qa", Batch(group), 1.0))
+        if timeline:
+            parts.append(("timeline", Batch([self.timeline_row(clip)]), TIMELINE_WEIGHT))
+        total, weight = 0.0, 0.0
+        stats = {"prefix_tokens": x.shape[0], "qa_loss": 0.0, "qa_tokens": 0, "suffix_tokens": 0}
+        for name, batch, w in parts:
+            st = expand_state(state, batch.ids.shape[0], batch.ids.shape[1])
+            out = decoder_forward(self.decoder, st, inputs_embeds=self.decoder.embed(batch.ids), logits="none")
+            where = batch.target != -100
+            logits = self.decoder.lm_head(out.hidden[where]).float()
+            nll = F.cross_entropy(logits, batch.target[where], reduction="sum")
+            n = batch.num_targets
+            stats[f"{name}_loss"] = stats.get(f"{name}_loss", 0.0) + float(nll.detach())
+            stats[f"{name}_tokens"] = stats.get(f"{name}_tokens", 0) + n
+            stats["suffix_tokens"] += batch.ids.numel()
+            total = total + w * nll
+            weight += w * n
+        for name in ("qa", "timeline"):
+            if stats.get(f"{name}_tokens"):
+                stats[f"{name}_loss"] /= stats[f"{name}_tokens"]
+        return total / weight, stats
+
+
+def _draw_evs(cfg, rng: random.Random) -> float:
+    if rng.random() >= cfg.evs_share:
+        return 0.0
+    return round(rng.uniform(*cfg.evs_rates), 2)
+
+
+def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: list[Clip] = (),
+          val_every: int = 100, progress: bool = True) -> dict:
+    """Run the optimisation; write one JSON line per step to `log_path`; return a summary."""
+    from tqdm import tqdm
+
+    from .model import trainable_parameters
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    d, v, a = trainer.decoder, trainer.vision, trainer.audio
+    params = trainable_parameters(d, v, a)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    d.train()
+    load = ExpertLoad(d)
+    steps = cfg.steps
+    order: list[int] = []
+    start = time.perf_counter()
+    deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
+    stopped_early = False
+    recent = []
+    with open(log_path, "w") as log, tqdm(total=steps, desc="train", unit="step", file=sys.stderr,
+                                            disable=not progress) as bar:
+        for step in range(steps):
+            if time.perf_counter() > deadline:
+                stopped_early = True
+                break
+            if not order:
+                order = list(range(len(clips)))
+                rng.shuffle(order)
+            clip = clips[order.pop()]
+            items = clip.items if len(clip.items) <= cfg.max_questions else rng.sample(clip.items, cfg.max_questions)
+            evs_rate = _draw_evs(cfg, rng)
+            lr = cfg.lr_at(step, step / max(1, steps - 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            t0 = time.perf_counter()
+            timeline = rng.random() < cfg.timeline_share
+            loss, stats = trainer.loss(clip, items, timeline, evs_rate)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            opt.step()
+            imbalance = load.update(cfg.balance_rate)
+            rec = {"step": step, "time_s": round(time.perf_counter() - start, 2), "step_s": round(time.perf_counter() - t0, 3),
+                   "loss": round(float(loss.detach()), 5), "lr": lr, "grad_norm": round(gnorm, 4), "evs": evs_rate,
+                   "clip": clip.clip_id, "clip_s": clip.duration, "expert_imbalance": round(imbalance, 4),
+                   **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
+            if val_clips and (step + 1) % val_every == 0 or val_clips and step + 1 == steps:
+                rec["val_loss"] = round(validate(trainer, val_clips, cfg), 5)
+                d.train()
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            recent = (recent + [float(loss)])[-20:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", imb=f"{imbalance:.2f}")
+            bar.update(1)
+    load.remove()
+    d.eval()
+    return {"steps_run": step + (0 if stopped_early else 1), "steps_planned": steps, "stopped_early": stopped_early,
+            "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+@torch.no_grad()
+def validate(trainer: Trainer, clips: list[Clip], cfg) -> float:
+    """Mean target-token loss over held-out clips (all their items, no timeline item, EVS off)."""
+    trainer.decoder.eval()
+    total = n = 0.0
+    for clip in clips:
+        items = clip.items[: cfg.max_questions]
+        loss, stats = trainer.loss(clip, items, False)
+        total += float(loss) * stats["qa_tokens"]
+        n += stats["qa_tokens"]
+    return total / max(1.0, n)

@@ -1,0 +1,168 @@
+"""recipes/train: the training path equals the inference path, balancing balances, a run reproduces.
+
+The fixtures are a few 20 s synthetic clips (made once per session) and the default model's
+architecture at its seeded initialization; step counts are tiny.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from app.engine_loop import question_tail, stream_header
+from app.evaluate import media_chunks, parse_item
+from app.timestamps import find_time_spans
+from engine.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from fusion.omni import OmniModel
+from recipes.train.config import VOCAB_SIZE, TrainConfig
+from recipes.train.data import corpus_texts, load_clip, make_clips, timeline_target
+from recipes.train.model import new_model, save_omni
+from recipes.train.run import _clips, run
+from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two 20 s clips with cached features, a tokenizer trained on their corpus, and the model."""
+    folder = tmp_path_factory.mktemp("train-data")
+    items = make_clips(folder, 5, [(20.0, 22.0, 2)], model_seed=0, vocab_size=VOCAB_SIZE, fps=1.0,
+                       audio_clip_s=2.0, workers=0)
+    clips = _clips(folder, items)
+    tok_dir = folder / "model"
+    train_tokenizer(tok_dir, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1)
+    return folder, items, clips, Tokenizer.from_dir(tok_dir), tok_dir
+
+
+def test_cached_features_through_the_projectors_are_what_eval_reads(data):
+    """Training's prefix (cached features -> projectors -> chunk_input) equals the decoder input
+    `python -m app eval` builds from the mp4 with the saved checkpoint."""
+    folder, items, clips, tok, tok_dir = data
+    raw, decoder, vision, audio = new_model(0, VOCAB_SIZE)
+    save_omni(tok_dir, raw, decoder, vision, audio)
+    trainer = Trainer(decoder, vision, audio, tok)
+    clip = clips[0]
+    with torch.no_grad():
+        ours = trainer.prefix(clip)
+    omni = OmniModel.load(tok_dir)
+    chunks = media_chunks(omni, folder / "clips" / f"{clip.clip_id}.mp4")
+    assert [(c.modality, c.label) for c in chunks] == [(m["modality"], m["label"]) for m in clip.meta]
+    assert chunks[0].modality == "video" and chunks[1].modality == "audio" and chunks[1].label.startswith("Audio from 0.00")
+    from fusion.stream import chunk_input
+    ph = {"video": 18, "audio": 27}
+    with torch.inference_mode():
+        ref = torch.cat([omni.decoder.embed(torch.tensor([tok.encode(stream_header())]))[0]]
+                        + [chunk_input(c, tok, omni.decoder.embed, ph[c.modality]) for c in chunks])
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_batch_equals_separate_sequences(data):
+    """The loss and gradients of one prefix continued by a padded batch of suffixes equal those of
+    each whole sequence run on its own."""
+    folder, items, clips, tok, _ = data
+    torch.manual_seed(0)
+    raw, decoder, vision, audio = new_model(1, VOCAB_SIZE)
+    decoder.train()
+    trainer = Trainer(decoder, vision, audio, tok)
+    clip = clips[1]
+    rows = trainer.rows(clip, clip.items[:3])
+    prefix = torch.randn(37, decoder.cfg.hidden_size) * 0.5          # any prefix; its length is not a block size
+
+    def separate():
+        total = 0.0
+        for p, t in rows:
+            seq = torch.tensor(p + t)
+            x = torch.cat([prefix, decoder.embed(seq[None])[0]])
+            out = decoder_forward(decoder, decoder.new_state(), inputs_embeds=x[None], logits="all")
+            logits = out.logits[0, prefix.shape[0] + len(p) - 1:-1]
+            total = total + torch.nn.functional.cross_entropy(logits, seq[len(p):], reduction="sum")
+        return total
+
+    def shared():
+        st = decoder.new_state()
+        decoder_forward(decoder, st, inputs_embeds=prefix[None], logits="none")
+        batch = Batch(rows)
+        out = decoder_forward(decoder, expand_state(st, len(rows), batch.ids.shape[1]),
+                              inputs_embeds=decoder.embed(batch.ids), logits="none")
+        where = batch.target != -100
+        return torch.nn.functional.cross_entropy(decoder.lm_head(out.hidden[where]), batch.target[where], reduction="sum")
+
+    grads = []
+    for fn in (separate, shared):
+        decoder.zero_grad()
+        loss = fn()
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}))
+    assert math.isclose(grads[0][0], grads[1][0], rel_tol=1e-4)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[1][1][name], grads[0][1][name], atol=2e-4, rtol=2e-3, msg=name)
+
+
+def test_expert_balancing_moves_the_bias_towards_even_load():
+    """Aux-loss-free balancing: an overloaded expert's correction bias goes down, an idle one's
+    up, and on fixed inputs repeated updates even out the load."""
+    torch.manual_seed(0)
+    raw, decoder, _, _ = new_model(2, VOCAB_SIZE)
+    load = ExpertLoad(decoder)
+    layer, moe = load.layers[0]
+    u = torch.nn.functional.normalize(torch.randn(decoder.cfg.hidden_size), dim=0)
+    with torch.no_grad():
+        moe.gate.weight[0] += 2.0 * u        # tokens along u prefer expert 0
+    x = torch.randn(1, 128, decoder.cfg.hidden_size) + 4 * u
+
+    def step():
+        with torch.no_grad():
+            decoder_forward(decoder, decoder.new_state(), inputs_embeds=x, logits="none")
+        counts = load.counts[layer].clone()
+        return counts, float(counts.max() / counts.mean())
+
+    counts, first = step()
+    assert counts.sum() == 128 * decoder.cfg.num_experts_per_tok
+    before = moe.gate.e_score_correction_bias.clone()
+    load.update(0.02)
+    change = moe.gate.e_score_correction_bias - before
+    assert change[counts.argmax()] < 0 and change[counts.argmin()] > 0
+    for _ in range(25):
+        counts, last = step()
+        load.update(0.02)
+    assert first > 3.0 and last < 0.5 * first, (first, last)
+    load.remove()
+
+
+def test_timeline_target_and_tokenizer(data):
+    folder, items, clips, tok, _ = data
+    tl = clips[0].timeline
+    text = timeline_target(tl)
+    spans = find_time_spans(text)
+    assert len(spans) == len(tl["events"])
+    assert min(s.start_s for s in spans) == min(e["t0"] for e in tl["events"])
+    for tid, name in SPECIAL_TOKENS.items():
+        assert tok.token_id(name) == tid
+    assert tok.vocab_size <= VOCAB_SIZE            # the embedding table covers every id
+    # digits stay single tokens, so times past the training clips' lengths are spelled the same way
+    assert len(tok.encode("347.5")) == 5
+    q = question_tail(parse_item(items[0], "x").question)
+    assert tok.decode(tok.encode(q)) == q
+
+
+def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
+    folder, *_ = data
+    cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
+                      evs_share=0.5, val_clips=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    m = run(a, cfg, folder / "run", evaluate=False, progress=False)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "processor_config.json", "generation_config.json", "train_log.jsonl", "loss.png",
+                 "expert_balance.png", "metrics.json"):
+        assert (a / name).is_file(), name
+    log = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
+    assert m["training"]["steps_run"] == 3 and m["model"]["model_safetensors_mb"] < 50
+    assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
+    omni = OmniModel.load(a)
+    assert omni.vision is not None and omni.audio is not None
+    run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
