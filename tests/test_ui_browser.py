@@ -42,12 +42,9 @@ def server(tmp_path_factory):
     model = tmp_path_factory.mktemp("scripted-omni")
     build_scripted_omni_checkpoint(model)
     demo = make_demo_folder(tmp_path_factory.mktemp("demo"), seconds=CLIP_S)
-    old = os.environ.get("OMNISTREAM_DEMO_DIR")
-    os.environ["OMNISTREAM_DEMO_DIR"] = str(demo)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMNISTREAM_DEMO_DIR", str(demo))                    # the UI's demo clips
         app = create_app(ServerConfig(model_dir=model, model_name="scripted-omni", vad="energy"))
-    finally:
-        os.environ.pop("OMNISTREAM_DEMO_DIR") if old is None else os.environ.__setitem__("OMNISTREAM_DEMO_DIR", old)
     srv = RunningServer(app)
     srv.demo_clip, srv.demo_dir, srv.model_dir = next((demo / "clips").glob("*.mp4")), demo, model
     yield srv
@@ -102,9 +99,6 @@ class Page:
         p.wait_for_function(f"document.querySelectorAll('.omni-turn').length > {n} && "
                             "document.querySelector('.omni-turn').dataset.status === 'completed'", timeout=60000)
         return p.locator(".omni-turn").first
-
-    def current_time(self, selector):
-        return self.page.evaluate(f"document.querySelector({json.dumps(selector)}).currentTime")
 
     def check_clean(self):
         """Nothing but this server was asked for, nothing failed, nothing threw."""
@@ -364,6 +358,7 @@ def test_a_server_with_an_api_key_asks_for_it(browser):
         turn = ui.ask()
         assert turn.get_attribute("data-status") == "completed" and int(turn.get_attribute("data-deltas")) >= 2
         assert p.locator(".omni-error").is_hidden()
+        ui.check_clean()
     finally:
         ui.ctx.close()
         srv.stop()
