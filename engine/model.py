@@ -9,6 +9,10 @@ Every forward reads and updates a `State` (engine/state.py): Mamba layers carry 
 SSM states, attention layers append to their KV cache. There is no position encoding: position
 lives in the Mamba state and the causal mask, so a state plus new tokens is all the model
 needs to continue a stream, in pieces of any size.
+
+Decoding on the CPU (one token per row, fp32, no autograd) takes a shorter road: each mixer's
+`step` runs the C++ kernels of kernels/cpu, a handful of calls per layer instead of dozens of
+small ops (`NemotronH.decode_step`). The general `forward` path defines what they compute.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import cpu
 from kernels.attention import causal_attention
 from kernels.linear import linear
 from kernels.mamba import causal_conv1d, ssd_chunked, ssd_step
@@ -105,6 +110,19 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.reshape(b, T, -1), z)
         return self.out_proj(y.to(x.dtype))
 
+    def step(self, x, state: State, i: int):
+        """One token per row on the CPU kernels: normed x (b, H) -> (b, H); states updated in place."""
+        conv, ssm = state.conv[i], state.ssm[i]
+        if not conv.is_contiguous():          # after a prefill: a view of the last window
+            state.conv[i] = conv = conv.contiguous()
+        if not ssm.is_contiguous():
+            state.ssm[i] = ssm = ssm.contiguous()
+        lo, hi = self.cfg.time_step_limit
+        zxbcdt = cpu.linear(x, self.in_proj.weight, self.in_proj.bias)
+        y = cpu.mamba_step(zxbcdt, conv, ssm, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self.D,
+                           self.norm.weight, self.cfg.n_groups, self.norm.eps, lo, hi)
+        return cpu.linear(y, self.out_proj.weight, self.out_proj.bias)
+
 
 class Attention(nn.Module):
     """Causal GQA over the session's KV cache; no position encoding, scale head_dim ** -0.5."""
@@ -142,6 +160,9 @@ class Attention(nn.Module):
         else:
             out = causal_attention(q, keys, values, offsets)
         return self.o_proj(out.transpose(1, 2).reshape(b, T, H * D))
+
+    def step(self, x, state: State, i: int):
+        return self.forward(x[:, None], state, i)[:, 0]    # its products take the CPU kernels
 
 
 def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
@@ -197,6 +218,10 @@ class MLP(nn.Module):
     def forward(self, x, state=None, i=None):
         return self.down_proj(F.relu(self.up_proj(x)).square())
 
+    def step(self, x, state=None, i=None):
+        h = cpu.linear(x, self.up_proj.weight, self.up_proj.bias, cpu.RELU2)
+        return cpu.linear(h, self.down_proj.weight, self.down_proj.bias)
+
 
 class Router(nn.Module):
     def __init__(self, cfg: DecoderConfig):
@@ -238,6 +263,19 @@ class MoE(nn.Module):
         if cfg.moe_latent_size:
             h = self.fc2_latent_proj(h)
         return h.view_as(x) + self.shared_experts(x)
+
+    def step(self, x, state=None, i=None):
+        cfg = self.cfg
+        ids, weights = cpu.route(cpu.linear(x, self.gate.weight), self.gate.e_score_correction_bias,
+                                 cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group, cfg.norm_topk_prob,
+                                 cfg.routed_scaling_factor)
+        if cfg.moe_latent_size:
+            h = cpu.linear(x, self.fc1_latent_proj.weight, self.fc1_latent_proj.bias)
+            h = cpu.grouped_experts(h, ids, weights, *self._expert_weights())
+            h = cpu.linear(h, self.fc2_latent_proj.weight, self.fc2_latent_proj.bias)
+        else:
+            h = cpu.grouped_experts(x, ids, weights, *self._expert_weights())
+        return h + self.shared_experts.step(x)
 
 
 MIXERS = {MAMBA: Mamba2Mixer, ATTENTION: Attention, MLP_KIND: lambda c: MLP(c.hidden_size, c.intermediate_size, c.mlp_bias),
@@ -333,11 +371,27 @@ class NemotronH(nn.Module):
         """Append tokens (ids (b, T) or embeddings (b, T, H)) to `state`; logits "last", "all" or "none"."""
         h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
         T = h.shape[1]
+        if T == 1 and state.record is None and not torch.is_grad_enabled() and cpu.enabled(h):
+            return self.decode_step(state, h, logits)
         state.reserve(T)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, state, i)
         state.advance(T)
         h = self.backbone.norm_f(h)
+        return Output(h, self.logits(h, logits))
+
+    def decode_step(self, state: State, h: torch.Tensor, logits: str = "last") -> Output:
+        """`forward` for one token per row (h (b, 1, H)) on the CPU kernels: per layer the norm
+        (with the previous residual added in) and the mixer's `step`."""
+        b = h.shape[0]
+        h, delta = h.view(b, -1), None
+        state.reserve(1)
+        for i, layer in enumerate(self.backbone.layers):
+            h, x = cpu.add_rms_norm(h, delta, layer.norm.weight, layer.norm.eps)
+            delta = layer.mixer.step(x, state, i)
+        state.advance(1)
+        _, h = cpu.add_rms_norm(h, delta, self.backbone.norm_f.weight, self.backbone.norm_f.eps)
+        h = h.view(b, 1, -1)
         return Output(h, self.logits(h, logits))
 
     def logits(self, h, which: str = "last"):

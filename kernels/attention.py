@@ -1,11 +1,13 @@
 """Causal GQA attention of new queries over a KV cache, in PyTorch (scaled_dot_product_attention);
-on CUDA the Triton kernels in kernels/triton/attention.py replace it."""
+on CUDA the Triton kernels in kernels/triton/attention.py replace it, on the CPU at one query per
+row the C++ kernel of kernels/cpu."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from . import cpu
 from . import triton as tk
 
 
@@ -24,6 +26,8 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         if T == 1:
             return attention.decode_attention(q, keys, values, [x + 1 for x in offsets] if ragged else None)
         return attention.prefill_attention(q, keys, values, o)
+    if T == 1 and cpu.enabled(q, keys, values) and keys.stride(-1) == 1 and values.stride(-1) == 1:
+        return cpu.decode_attention(q, keys, values, [x + 1 for x in offsets])
     causal = not ragged and o == 0 and T > 1        # a first prefill: plain causal attention
     if ragged:
         mask = (torch.arange(Lk) < torch.tensor(offsets)[:, None] + 1)[:, None, None, :]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu
 from . import triton as tk
 from .linear import column_pair, linear
 
@@ -22,6 +23,9 @@ def route(logits: torch.Tensor, correction_bias: torch.Tensor, top_k: int, n_gro
     if tk.enabled(logits, correction_bias):
         from .triton import moe
         return moe.route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
+    if logits.shape[0] <= cpu.MAX_ROWS and cpu.enabled(logits, correction_bias):
+        return cpu.route(logits.contiguous(), correction_bias.contiguous(), top_k, n_group, topk_group,
+                         norm_topk_prob, scaling)
     scores = logits.sigmoid()
     choice = scores + correction_bias
     if n_group > 1:
@@ -48,6 +52,9 @@ def grouped_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
         from .triton import moe
         return moe.grouped_experts(x, ids, weights, up, down)
     N, k = ids.shape
+    if N <= cpu.MAX_ROWS and cpu.enabled(x, weights, up[0], down[0]) and all(
+            w.is_contiguous() for w in (up[0], down[0])):
+        return cpu.grouped_experts(x.contiguous(), ids.contiguous(), weights.contiguous(), up, down)
     if N == 1 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
         # decode: just the token's k experts, in expert order as below, in kernels.linear's layout
         out = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)

@@ -1,0 +1,148 @@
+"""C++ kernels for decoding on the CPU (decode.cpp), compiled at first use.
+
+A decode step is a stream over the weights plus a few hundred tiny ops; on the CPU both are
+faster in C++ (see decode.cpp). The library is built once per source, torch version and CPU
+with the system's C++ compiler (g++ from build-essential) into `.cache/cpu-kernels/` and loaded
+as `torch.ops.omnistream_cpu`. Where it cannot be built, a warning says why and every caller
+keeps its PyTorch path, which defines the semantics (and is what the tests compare against).
+
+`enabled(*tensors)` is the dispatch rule, as kernels.triton's: fp32 CPU tensors, autograd not
+recording, and OMNISTREAM_KERNELS unset or `auto` (`torch` forces the PyTorch path, `triton`
+the Triton kernels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from .. import triton as tk
+
+SOURCE = Path(__file__).with_name("decode.cpp")
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "cpu-kernels"
+MAX_ROWS = 16     # token rows up to which the products here beat BLAS (decode, small batches, drafts)
+RELU2 = 1         # `act` of linear: relu(.)^2 on every output
+
+_lock = threading.Lock()
+_ops = None
+_tried = False
+
+
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compile(cxx: str, out: Path) -> None:
+    from torch.utils.cpp_extension import include_paths, library_paths
+    lib = library_paths()[0]
+    cmd = [cxx, "-O3", "-march=native", "-std=gnu++20", "-shared", "-fPIC", "-w",
+           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           *(f"-I{p}" for p in include_paths()), str(SOURCE), f"-L{lib}", f"-Wl,-rpath,{lib}",
+           "-lc10", "-ltorch_cpu", "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{tail}")
+
+
+def library_path() -> Path:
+    """The compiled library, built now if this source, torch and CPU have none yet."""
+    want = os.environ.get("CXX") or "g++"
+    cxx = shutil.which(want) or (None if "CXX" in os.environ else shutil.which("c++"))
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler ({want!r} not found; install build-essential or set CXX)")
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), cxx.encode(),
+                                     sys.version.encode(), _cpu_id().encode()])).hexdigest()[:16]
+    for cache in (CACHE, Path(tempfile.gettempdir()) / "omnistream-cpu-kernels"):   # a read-only checkout
+        out = cache / f"decode-{key}.so"
+        if out.exists():
+            return out
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.TemporaryDirectory(dir=cache)
+        except OSError:
+            continue
+        with tmp:                       # concurrent builds each write their own file; the last rename wins
+            part = Path(tmp.name) / out.name
+            _compile(cxx, part)
+            os.replace(part, out)
+        return out
+    raise RuntimeError(f"no writable folder for the compiled kernels ({CACHE})")
+
+
+def ops():
+    """torch.ops.omnistream_cpu, built and loaded on the first call; None if it cannot be."""
+    global _ops, _tried
+    if _tried:
+        return _ops
+    with _lock:
+        if not _tried:
+            try:
+                torch.ops.load_library(str(library_path()))
+                _ops = torch.ops.omnistream_cpu
+            except Exception as e:     # no compiler, a failed build: the PyTorch paths remain
+                warnings.warn(f"CPU decode kernels unavailable, decoding on the slower PyTorch path: {e}",
+                              RuntimeWarning, stacklevel=2)
+            _tried = True
+    return _ops
+
+
+def enabled(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors take the C++ kernels (see the module docstring)."""
+    m = os.environ.get("OMNISTREAM_KERNELS")
+    if m is not None and m != "auto" and tk.mode() != "auto":
+        return False
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return (_ops if _tried else ops()) is not None
+
+
+# ---- the kernels (fp32, CPU; callers check `enabled` first) ---------------------------------
+def linear(x, weight, bias=None, act: int = 0):
+    """F.linear(x, weight, bias), then relu(.)^2 if act == RELU2; for up to MAX_ROWS rows of x."""
+    return _ops.linear(x, weight, bias, act)
+
+
+def add_rms_norm(x, residual, weight, eps: float):
+    """(h, RMSNorm(h) * weight) with h = x + residual (x itself when residual is None)."""
+    return _ops.add_rms_norm(x, residual, weight, eps)
+
+
+def mamba_step(zxbcdt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
+               n_groups: int, eps: float, dt_min: float, dt_max: float):
+    """Mamba2 at one token per row, from in_proj's output to out_proj's input; the conv and SSM
+    states (contiguous) are updated in place."""
+    return _ops.mamba_step(zxbcdt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
+                           n_groups, eps, dt_min, dt_max)
+
+
+def route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling):
+    return _ops.route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
+
+
+def grouped_experts(x, ids, weights, up, down):
+    return _ops.grouped_experts(x, ids, weights, up, down)
+
+
+def decode_attention(q, keys, values, lengths: list[int]):
+    """causal_attention for one query per row: row r sees its first lengths[r] keys."""
+    return _ops.decode_attention(q, keys, values, lengths)

@@ -1,0 +1,475 @@
+// CPU kernels for decoding: NemotronH's one-token steps in C++ (fp32).
+//
+// A decode step streams every weight once for a few token vectors: products of a matrix by at
+// most a few rows. MKL's kernels for those shapes reach about 60-80% of one core's bandwidth
+// here; a row-by-row dot product in wide vectors reaches it, and spreads the rows over the
+// threads itself. Between the products each layer does small work (conv step, SSM update, gated
+// norm; routing) that PyTorch spells as dozens of tiny ops, each costing more than its
+// arithmetic once the weight stream has evicted the caches: here each is one call.
+//
+// Semantics: the PyTorch functions of kernels/ and engine/model.py (the references the tests
+// compare against); the same arithmetic, summed in a different order.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+namespace {
+
+// 16 floats: one AVX-512 register, two AVX2 ones, four NEON ones (GCC vector extension).
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec8 __attribute__((vector_size(32)));
+typedef float vec4 __attribute__((vector_size(16)));
+constexpr int64_t V = 16;
+
+inline vec16 load(const float* p) { vec16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
+inline float hsum(vec16 v) {
+  vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+inline float dot(const float* a, const float* b, int64_t n) {
+  vec16 acc{};
+  int64_t i = 0;
+  for (; i + V <= n; i += V) acc += load(a + i) * load(b + i);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+// Threads are worth their fork/join (and, on a busy machine, the wait for a descheduled one)
+// only for loops that move at least this many bytes; smaller ones run on the calling thread.
+constexpr int64_t PARALLEL_BYTES = 256 << 10;
+// at::parallel_for's grain for `n` jobs moving `bytes` in all: all of them in one chunk when small.
+int64_t grain(int64_t n, int64_t bytes) { return bytes < PARALLEL_BYTES ? std::max<int64_t>(n, 1) : 1; }
+
+void check(bool ok, const char* what) { TORCH_CHECK(ok, "omnistream cpu kernels: ", what); }
+void check_f32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "omnistream cpu kernels: ", name, " must be a contiguous fp32 CPU tensor");
+}
+const float* opt_ptr(const std::optional<at::Tensor>& t) { return t ? t->const_data_ptr<float>() : nullptr; }
+
+// ---- products of a weight matrix with a few rows ------------------------------------------
+enum Act { NONE = 0, RELU2 = 1 };   // what is applied to each output: nothing, or relu(.)^2
+
+// y[b, o] = act(sum_i x[b, i] W[o, i] + bias[o]) for the rows o in [o0, o1), B rows of x. The
+// rows are read as S streams at once (S runs of consecutive rows, interleaved): one stream
+// leaves the memory system idle between its misses, S of them keep S times more reads in flight
+// (measured 10-15% faster than one stream, for every shape here).
+template <int B, int S>
+void dot_rows(const float* W, int64_t I, const float* x, int64_t ldx, const float* bias, int act,
+              float* y, int64_t ldy, int64_t o0, int64_t o1) {
+  const int64_t I16 = I - I % V, run = (o1 - o0) / S;
+  auto finish = [&](vec16 acc, int b, int64_t o) {
+    float s = hsum(acc);
+    for (int64_t i = I16; i < I; ++i) s += W[o * I + i] * x[b * ldx + i];
+    if (bias) s += bias[o];
+    if (act == RELU2) s = s > 0.0f ? s * s : 0.0f;
+    y[b * ldy + o] = s;
+  };
+  for (int64_t j = 0; j < run; ++j) {
+    vec16 acc[S][B];
+    for (int t = 0; t < S; ++t)
+      for (int b = 0; b < B; ++b) acc[t][b] = vec16{};
+    for (int64_t i = 0; i < I16; i += V) {
+      for (int t = 0; t < S; ++t) {
+        vec16 wv = load(W + (o0 + t * run + j) * I + i);
+        for (int b = 0; b < B; ++b) acc[t][b] += wv * load(x + b * ldx + i);
+      }
+    }
+    for (int t = 0; t < S; ++t)
+      for (int b = 0; b < B; ++b) finish(acc[t][b], b, o0 + t * run + j);
+  }
+  for (int64_t o = o0 + S * run; o < o1; ++o) {   // the rows left over
+    vec16 acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = vec16{};
+    for (int64_t i = 0; i < I16; i += V) {
+      vec16 wv = load(W + o * I + i);
+      for (int b = 0; b < B; ++b) acc[b] += wv * load(x + b * ldx + i);
+    }
+    for (int b = 0; b < B; ++b) finish(acc[b], b, o);
+  }
+}
+
+// One product: y (B, O) = act(x (B, I) W^T + bias), rows of x and y `ldx` / `ldy` apart.
+struct Product {
+  const float* W; int64_t O, I;
+  const float* x; int64_t ldx, B;
+  const float* bias; int act;
+  float* y; int64_t ldy;
+};
+
+// The rows [o0, o1) of a product, for any number of x rows: up to eight at a time; beyond
+// eight, W's rows in blocks that stay in cache while each group of eight reads them.
+void product_rows(const Product& p, int64_t o0, int64_t o1) {
+  const int64_t block = p.B <= 8 ? o1 - o0 : 32;
+  for (int64_t ob = o0; ob < o1; ob += block) {
+    int64_t oe = std::min(o1, ob + block);
+    for (int64_t b0 = 0; b0 < p.B; b0 += 8) {
+      const float* x = p.x + b0 * p.ldx;
+      float* y = p.y + b0 * p.ldy;
+      // S x B accumulators stay within 8 vectors (16 registers on AVX2, 8 on AVX-512)
+      switch (std::min<int64_t>(8, p.B - b0)) {
+        case 1: dot_rows<1, 4>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 2: dot_rows<2, 4>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 3: dot_rows<3, 2>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 4: dot_rows<4, 2>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 5: dot_rows<5, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 6: dot_rows<6, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 7: dot_rows<7, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        default: dot_rows<8, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+      }
+    }
+  }
+}
+
+// Several products as one parallel loop (one fork/join for all): their rows cut into pieces,
+// the pieces spread over the threads. Pieces of up to 1 MB of weights (long runs keep the S
+// streams of dot_rows far apart: measured faster than 64-256 KB), smaller only to give each
+// thread two of them.
+void run_products(const std::vector<Product>& ps) {
+  int64_t total = 0;
+  for (const Product& p : ps) total += p.O * p.I * 4;
+  const int64_t chunk = std::clamp<int64_t>(total / (2 * at::get_num_threads()), 64 << 10, 1 << 20);
+  struct Piece { int64_t p, o0, o1; };
+  std::vector<Piece> pieces;
+  for (int64_t k = 0; k < (int64_t)ps.size(); ++k) {
+    const Product& p = ps[k];
+    const int64_t rows = std::max<int64_t>(1, chunk / std::max<int64_t>(1, p.I * 4));
+    for (int64_t o = 0; o < p.O; o += rows) pieces.push_back({k, o, std::min(p.O, o + rows)});
+  }
+  at::parallel_for(0, (int64_t)pieces.size(), grain(pieces.size(), total), [&](int64_t a, int64_t b) {
+    for (int64_t k = a; k < b; ++k) product_rows(ps[pieces[k].p], pieces[k].o0, pieces[k].o1);
+  });
+}
+
+// x (..., I) W^T (+ bias), act applied: kernels.linear.linear for a few rows.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const std::optional<at::Tensor>& bias, int64_t act) {
+  check_f32(W, "weight");
+  check(W.dim() == 2, "weight must be 2-D");
+  const int64_t O = W.size(0), I = W.size(1);
+  check(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.size(-1) == I,
+        "x must be fp32 on the CPU with as many features as the weight's columns");
+  if (bias) { check_f32(*bias, "bias"); check(bias->numel() == O, "bias size"); }
+  at::Tensor x2 = x.reshape({-1, I});
+  if (x2.stride(1) != 1 || (x2.size(0) > 1 && x2.stride(0) < I)) x2 = x2.contiguous();
+  const int64_t B = x2.size(0);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = O;
+  at::Tensor y = at::empty(shape, x.options());
+  if (B == 0 || O == 0) return y;
+  run_products({{W.const_data_ptr<float>(), O, I, x2.const_data_ptr<float>(), x2.stride(0), B, opt_ptr(bias),
+                 (int)act, y.mutable_data_ptr<float>(), O}});
+  return y;
+}
+
+// ---- norms --------------------------------------------------------------------------------
+// (x + residual, RMSNorm(x + residual) * weight) over the last axis; residual optional.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                                const at::Tensor& weight, double eps) {
+  check_f32(weight, "norm weight");
+  const int64_t H = weight.numel();
+  check(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.size(-1) == H, "x must be fp32 (..., hidden)");
+  at::Tensor h = x.contiguous();
+  if (residual) {
+    check(residual->scalar_type() == at::kFloat && residual->numel() == x.numel(), "residual must match x");
+    h = (h + residual->reshape(x.sizes())).contiguous();
+  }
+  at::Tensor out = at::empty_like(h);
+  const int64_t rows = h.numel() / std::max<int64_t>(1, H);
+  const float* hp = h.const_data_ptr<float>();
+  const float* w = weight.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* v = hp + r * H;
+    const float ss = dot(v, v, H);
+    const float scale = 1.0f / std::sqrt(ss / H + (float)eps);
+    for (int64_t i = 0; i < H; ++i) op[r * H + i] = w[i] * (v[i] * scale);
+  }
+  return {h, out};
+}
+
+// ---- Mamba2: one token per row ------------------------------------------------------------
+// From the in_proj output (b, z | xBC | dt) to the gated, normed y (b, d_inner) that out_proj
+// reads; conv_state (b, conv_dim, K-1) and ssm_state (b, h, p, n) are updated in place. As
+// engine/model.py's Mamba2Mixer at T = 1: causal_conv1d, softplus(dt + dt_bias) clamped,
+// ssd_step, gated_rms_norm.
+at::Tensor mamba_step(const at::Tensor& zxbcdt, const at::Tensor& conv_state, const at::Tensor& ssm_state,
+                      const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+                      const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D,
+                      const at::Tensor& norm_weight, int64_t n_groups, double eps, double dt_min, double dt_max) {
+  for (auto* t : {&zxbcdt, &conv_state, &ssm_state, &conv_weight, &dt_bias, &A_log, &D, &norm_weight})
+    check_f32(*t, "mamba_step inputs");
+  if (conv_bias) check_f32(*conv_bias, "conv bias");
+  check(ssm_state.dim() == 4 && conv_state.dim() == 3 && zxbcdt.dim() == 2, "mamba_step shapes");
+  const int64_t b = ssm_state.size(0), h = ssm_state.size(1), p = ssm_state.size(2), n = ssm_state.size(3);
+  const int64_t g = n_groups, d_inner = h * p, c = d_inner + 2 * g * n, K1 = conv_state.size(2), K = K1 + 1;
+  check(g > 0 && h % g == 0, "heads must divide into groups");
+  check(zxbcdt.size(0) == b && zxbcdt.size(1) == d_inner + c + h, "in_proj output size");
+  check(conv_state.size(0) == b && conv_state.size(1) == c && conv_weight.numel() == c * K, "conv sizes");
+  check(dt_bias.numel() == h && A_log.numel() == h && D.numel() == h && norm_weight.numel() == d_inner, "head sizes");
+
+  at::Tensor y = at::empty({b, d_inner}, zxbcdt.options());
+  at::Tensor xbc = at::empty({b, c}, zxbcdt.options());     // conv outputs: x, B, C
+  at::Tensor dts = at::empty({b, 2, h}, zxbcdt.options());  // dt and exp(dt * A) per head
+  const float* in = zxbcdt.const_data_ptr<float>();
+  float* cs = conv_state.mutable_data_ptr<float>();
+  float* ss = ssm_state.mutable_data_ptr<float>();
+  const float* cw = conv_weight.const_data_ptr<float>();
+  const float* cb = opt_ptr(conv_bias);
+  const float *dtb = dt_bias.const_data_ptr<float>(), *alog = A_log.const_data_ptr<float>();
+  const float *Dp = D.const_data_ptr<float>(), *nw = norm_weight.const_data_ptr<float>();
+  float *u = xbc.mutable_data_ptr<float>(), *dd = dts.mutable_data_ptr<float>(), *yp = y.mutable_data_ptr<float>();
+  const int64_t row = d_inner + c + h;
+
+  // causal conv over the window (state, new input), then SiLU; the window slides by one
+  for (int64_t r = 0; r < b; ++r) {
+    const float* xin = in + r * row + d_inner;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float* st = cs + (r * c + ch) * K1;
+      const float* w = cw + ch * K;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K1; ++k) acc += st[k] * w[k];
+      acc += xin[ch] * w[K1];
+      if (cb) acc += cb[ch];
+      for (int64_t k = 0; k + 1 < K1; ++k) st[k] = st[k + 1];
+      if (K1) st[K1 - 1] = xin[ch];
+      u[r * c + ch] = silu(acc);
+    }
+    const float* dtin = in + r * row + d_inner + c;
+    for (int64_t hd = 0; hd < h; ++hd) {
+      const float v = dtin[hd] + dtb[hd];
+      float dt = v > 20.0f ? v : std::log1p(std::exp(v));           // softplus, threshold 20
+      dt = std::min(std::max(dt, (float)dt_min), (float)dt_max);
+      dd[(r * 2) * h + hd] = dt;
+      dd[(r * 2 + 1) * h + hd] = std::exp(dt * -std::exp(alog[hd]));
+    }
+  }
+  // per (row, group): the SSM update and read-out of its heads, then the gated group norm
+  const int64_t hg = h / g, n16 = n - n % V, gs = hg * p;
+  at::parallel_for(0, b * g, grain(b * g, ssm_state.numel() * 8), [&](int64_t a, int64_t e) {
+    for (int64_t job = a; job < e; ++job) {
+      const int64_t r = job / g, gi = job % g;
+      const float* x = u + r * c;
+      const float* Bv = x + d_inner + gi * n;
+      const float* Cv = x + d_inner + g * n + gi * n;
+      const float* z = in + r * row;
+      float* yr = yp + r * d_inner;
+      float sumsq = 0.0f;
+      for (int64_t hd = gi * hg; hd < (gi + 1) * hg; ++hd) {
+        const float dt = dd[(r * 2) * h + hd], dA = dd[(r * 2 + 1) * h + hd];
+        const vec16 dAv = vec16{} + dA;
+        for (int64_t pi = 0; pi < p; ++pi) {
+          const int64_t ch = hd * p + pi;
+          const float dtx = dt * x[ch];
+          const vec16 dtxv = vec16{} + dtx;
+          float* s = ss + ((r * h + hd) * p + pi) * n;
+          vec16 acc{};
+          for (int64_t k = 0; k < n16; k += V) {
+            vec16 sv = load(s + k) * dAv + dtxv * load(Bv + k);
+            store(s + k, sv);
+            acc += sv * load(Cv + k);
+          }
+          float out = hsum(acc);
+          for (int64_t k = n16; k < n; ++k) {
+            s[k] = s[k] * dA + dtx * Bv[k];
+            out += s[k] * Cv[k];
+          }
+          out = (out + Dp[hd] * x[ch]) * silu(z[ch]);
+          yr[ch] = out;
+          sumsq += out * out;
+        }
+      }
+      const float scale = 1.0f / std::sqrt(sumsq / gs + (float)eps);
+      for (int64_t ch = gi * gs; ch < (gi + 1) * gs; ++ch) yr[ch] = nw[ch] * (yr[ch] * scale);
+    }
+  });
+  return y;
+}
+
+// ---- MoE ----------------------------------------------------------------------------------
+// kernels.moe.route: experts chosen by sigmoid(logits) + correction bias (within the best
+// topk_group of n_group groups, a group scored by its two best), weighted by the sigmoid.
+std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& logits, const at::Tensor& correction_bias, int64_t top_k,
+                                         int64_t n_group, int64_t topk_group, bool norm_topk_prob, double scaling) {
+  check_f32(logits, "router logits");
+  check_f32(correction_bias, "correction bias");
+  check(logits.dim() == 2, "router logits must be (N, E)");
+  const int64_t N = logits.size(0), E = logits.size(1);
+  check(correction_bias.numel() == E && top_k >= 1 && top_k <= E && n_group >= 1 && E % n_group == 0 &&
+        topk_group >= 1 && topk_group <= n_group, "router sizes");
+  at::Tensor ids = at::empty({N, top_k}, logits.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({N, top_k}, logits.options());
+  const float* lg = logits.const_data_ptr<float>();
+  const float* bias = correction_bias.const_data_ptr<float>();
+  int64_t* ip = ids.mutable_data_ptr<int64_t>();
+  float* wp = weights.mutable_data_ptr<float>();
+  std::vector<float> scores(E), choice(E), gscore(n_group);
+  std::vector<int64_t> order(std::max(E, n_group));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  // best first; ties to the lower index
+  auto best_first = [](const std::vector<float>& v) {
+    return [&v](int64_t a, int64_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
+  };
+  for (int64_t t = 0; t < N; ++t) {
+    for (int64_t e = 0; e < E; ++e) {
+      scores[e] = 1.0f / (1.0f + std::exp(-lg[t * E + e]));
+      choice[e] = scores[e] + bias[e];
+    }
+    if (n_group > 1) {
+      const int64_t per = E / n_group;
+      for (int64_t gi = 0; gi < n_group; ++gi) {
+        float a = ninf, b2 = ninf;   // the group's two best
+        for (int64_t e = gi * per; e < (gi + 1) * per; ++e) {
+          if (choice[e] > a) { b2 = a; a = choice[e]; } else if (choice[e] > b2) b2 = choice[e];
+        }
+        gscore[gi] = per > 1 ? a + b2 : a;
+      }
+      std::iota(order.begin(), order.begin() + n_group, 0);
+      std::partial_sort(order.begin(), order.begin() + topk_group, order.begin() + n_group, best_first(gscore));
+      std::vector<bool> keep(n_group, false);
+      for (int64_t j = 0; j < topk_group; ++j) keep[order[j]] = true;
+      for (int64_t e = 0; e < E; ++e) if (!keep[e / per]) choice[e] = ninf;
+    }
+    std::iota(order.begin(), order.begin() + E, 0);
+    std::partial_sort(order.begin(), order.begin() + top_k, order.begin() + E, best_first(choice));
+    float sum = 0.0f;
+    for (int64_t j = 0; j < top_k; ++j) sum += scores[order[j]];
+    for (int64_t j = 0; j < top_k; ++j) {
+      ip[t * top_k + j] = order[j];
+      float w = scores[order[j]];
+      if (norm_topk_prob) w = w / (sum + 1e-20f);
+      wp[t * top_k + j] = w * (float)scaling;
+    }
+  }
+  return {ids, weights};
+}
+
+// kernels.moe.grouped_experts: sum_k w_k * down_e(relu(up_e(x))^2) for each token's experts
+// e = ids[:, k]. Every hit expert reads its weights once for all its tokens; the up products of
+// all hit experts are one parallel loop, the down products another; contributions are added in
+// expert order.
+at::Tensor grouped_experts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& weights,
+                           at::TensorList up, at::TensorList down) {
+  check_f32(x, "expert input");
+  check(x.dim() == 2 && ids.dim() == 2 && ids.scalar_type() == at::kLong && ids.is_contiguous() &&
+        weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.sizes() == ids.sizes() &&
+        ids.size(0) == x.size(0), "expert routing shapes");
+  const int64_t N = x.size(0), d = x.size(1), k = ids.size(1), E = (int64_t)up.size();
+  check(E > 0 && (int64_t)down.size() == E, "expert lists");
+  const int64_t inner = up[0].size(0);
+  for (int64_t e = 0; e < E; ++e) {
+    check_f32(up[e], "expert weights");
+    check_f32(down[e], "expert weights");
+    check(up[e].size(0) == inner && up[e].size(1) == d && down[e].size(0) == d && down[e].size(1) == inner,
+          "expert weight shapes");
+  }
+  const int64_t* ip = ids.const_data_ptr<int64_t>();
+  const float* wp = weights.const_data_ptr<float>();
+  // (token, weight) pairs sorted by expert, tokens in order within an expert
+  std::vector<int64_t> pairs(N * k);
+  std::iota(pairs.begin(), pairs.end(), 0);
+  for (int64_t q = 0; q < N * k; ++q) check(ip[q] >= 0 && ip[q] < E, "expert id out of range");
+  std::stable_sort(pairs.begin(), pairs.end(), [&](int64_t a, int64_t b) { return ip[a] < ip[b]; });
+  at::Tensor xs = at::empty({N * k, d}, x.options());       // each pair's input row
+  at::Tensor hs = at::empty({N * k, inner}, x.options());   // relu(up x)^2
+  at::Tensor ys = at::empty({N * k, d}, x.options());       // down of that
+  const float* xp = x.const_data_ptr<float>();
+  float *xsp = xs.mutable_data_ptr<float>(), *hsp = hs.mutable_data_ptr<float>(), *ysp = ys.mutable_data_ptr<float>();
+  for (int64_t q = 0; q < N * k; ++q) std::memcpy(xsp + q * d, xp + (pairs[q] / k) * d, d * sizeof(float));
+  std::vector<Product> ups, downs;
+  for (int64_t q0 = 0; q0 < N * k;) {
+    int64_t q1 = q0;
+    while (q1 < N * k && ip[pairs[q1]] == ip[pairs[q0]]) ++q1;
+    const int64_t e = ip[pairs[q0]];
+    ups.push_back({up[e].const_data_ptr<float>(), inner, d, xsp + q0 * d, d, q1 - q0, nullptr, RELU2,
+                   hsp + q0 * inner, inner});
+    downs.push_back({down[e].const_data_ptr<float>(), d, inner, hsp + q0 * inner, inner, q1 - q0, nullptr, NONE,
+                     ysp + q0 * d, d});
+    q0 = q1;
+  }
+  run_products(ups);
+  run_products(downs);
+  at::Tensor out = at::zeros({N, d}, x.options());
+  float* op = out.mutable_data_ptr<float>();
+  for (int64_t q = 0; q < N * k; ++q) {
+    const int64_t t = pairs[q] / k;
+    const float w = wp[pairs[q]];
+    for (int64_t i = 0; i < d; ++i) op[t * d + i] += ysp[q * d + i] * w;
+  }
+  return out;
+}
+
+// ---- attention ----------------------------------------------------------------------------
+// kernels.attention.causal_attention at one query per row: q (b, H, 1, D) over keys / values
+// (b, Hkv, >= max(lengths), D; the cache's views, rows D floats apart), row r seeing its first
+// lengths[r] positions; the H / Hkv query heads of a KV head read its keys once. Scale D ** -0.5.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            at::IntArrayRef lengths) {
+  check(q.device().is_cpu() && q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
+        values.scalar_type() == at::kFloat && q.dim() == 4 && keys.dim() == 4 && values.dim() == 4, "attention inputs");
+  const int64_t b = q.size(0), H = q.size(1), D = q.size(3), Hkv = keys.size(1);
+  check(q.size(2) == 1 && keys.size(0) == b && values.sizes() == keys.sizes() && keys.size(3) == D && H % Hkv == 0 &&
+        (int64_t)lengths.size() == b && keys.stride(3) == 1 && values.stride(3) == 1, "attention shapes");
+  for (int64_t L : lengths) check(L >= 1 && L <= keys.size(2), "attention length out of range");
+  at::Tensor qc = q.contiguous();
+  at::Tensor out = at::empty({b, H, 1, D}, q.options());
+  const float *qp = qc.const_data_ptr<float>(), *kp = keys.const_data_ptr<float>(), *vp = values.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const int64_t r = H / Hkv, ks0 = keys.stride(0), ks1 = keys.stride(1), ks2 = keys.stride(2);
+  const int64_t vs0 = values.stride(0), vs1 = values.stride(1), vs2 = values.stride(2);
+  const float scale = 1.0f / std::sqrt((float)D);
+  at::parallel_for(0, b * Hkv, grain(b * Hkv, 2 * keys.numel() * 4), [&](int64_t a, int64_t e) {
+    std::vector<float> p;
+    for (int64_t job = a; job < e; ++job) {
+      const int64_t row = job / Hkv, j = job % Hkv, L = lengths[row];
+      const float* K = kp + row * ks0 + j * ks1;
+      const float* Vv = vp + row * vs0 + j * vs1;
+      const float* Q = qp + (row * H + j * r) * D;       // its r query heads, D apart
+      float* O = op + (row * H + j * r) * D;
+      p.assign(r * L, 0.0f);
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t h = 0; h < r; ++h) p[h * L + l] = dot(Q + h * D, K + l * ks2, D) * scale;
+      for (int64_t h = 0; h < r; ++h) {
+        float* ph = p.data() + h * L;
+        const float m = *std::max_element(ph, ph + L);
+        float sum = 0.0f;
+        for (int64_t l = 0; l < L; ++l) sum += (ph[l] = std::exp(ph[l] - m));
+        for (int64_t l = 0; l < L; ++l) ph[l] /= sum;
+        std::fill(O + h * D, O + (h + 1) * D, 0.0f);
+      }
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t h = 0; h < r; ++h) {
+          const float w = p[h * L + l];
+          for (int64_t d = 0; d < D; ++d) O[h * D + d] += w * Vv[l * vs2 + d];
+        }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(omnistream_cpu, m) {
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias, int act) -> Tensor", &linear);
+  m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm);
+  m.def("mamba_step(Tensor zxbcdt, Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor conv_weight, "
+        "Tensor? conv_bias, Tensor dt_bias, Tensor A_log, Tensor D, Tensor norm_weight, int n_groups, float eps, "
+        "float dt_min, float dt_max) -> Tensor", &mamba_step);
+  m.def("route(Tensor logits, Tensor correction_bias, int top_k, int n_group, int topk_group, bool norm_topk_prob, "
+        "float scaling) -> (Tensor, Tensor)", &route);
+  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, int[] lengths) -> Tensor", &decode_attention);
+  m.def("grouped_experts(Tensor x, Tensor ids, Tensor weights, Tensor[] up, Tensor[] down) -> Tensor",
+        &grouped_experts);
+}
