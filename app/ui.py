@@ -47,18 +47,31 @@ CHECKPOINT_HINT = ("Load a real checkpoint with: python -m app --model DIR (a Hu
                    "safetensors weights, tokenizer.json), e.g. NVIDIA Nemotron 3 Nano Omni.")
 
 
-def default_model_note(model_dir: Path | None) -> str:
+def default_model_note(model_dir: Path | None, default: Path = DEFAULT_MODEL) -> str:
     """One line on the bundled default model (what it was trained on, how to load a real one); ''
     for any other model."""
-    if model_dir is None or Path(model_dir).resolve() != DEFAULT_MODEL.resolve():
+    if model_dir is None or Path(model_dir).resolve() != Path(default).resolve():
         return ""
-    card = DEFAULT_MODEL / "README.md"
-    if card.is_file():
+    card = Path(default) / "README.md"
+    if card.is_file():                           # the model's own card says best what it learned
         about = _first_paragraph(card.read_text(encoding="utf-8", errors="replace"))
+    elif _has_towers(Path(default) / "config.json"):
+        about = ("The bundled default model is a small Omni model trained from scratch on synthetic clips "
+                 "(coloured shapes and words on screen, spoken words, tones and noises; recipes/train): it "
+                 "answers about such clips, with time spans, and knows nothing of the real world.")
     else:
-        about = ("The bundled default model is a small placeholder with random weights (assets/README.md): it "
-                 "answers nonsense.")
+        about = ("The bundled default model is a small text-only placeholder with random weights "
+                 "(assets/README.md): it answers nonsense and takes no media.")
     return f"{about} {CHECKPOINT_HINT}"
+
+
+def _has_towers(config: Path) -> bool:
+    import json
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and ("vision_config" in raw or "audio_config" in raw)
 
 
 def _first_paragraph(text: str) -> str:

@@ -367,8 +367,15 @@ def test_a_server_with_an_api_key_asks_for_it(browser):
 def test_default_model_note_only_for_the_bundled_model(tmp_path):
     from app.ui import DEFAULT_MODEL, default_model_note
     note = default_model_note(DEFAULT_MODEL)
+    trained = "vision_config" in json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert ("trained from scratch on synthetic clips" if trained else "placeholder with random weights") in note
     assert "python -m app --model DIR" in note and len(note) < 600
     assert default_model_note(tmp_path) == "" and default_model_note(None) == ""
+    card = tmp_path / "bundled"                                         # a model card's first paragraph wins
+    card.mkdir()
+    (card / "README.md").write_text("---\nlicense: other\n---\n# Tiny\n\nTrained on 1,500 synthetic clips\nfor 20 "
+                                    "minutes.\n\nMore.\n")
+    assert default_model_note(card, default=card).startswith("Trained on 1,500 synthetic clips for 20 minutes. Load")
 
 
 def test_demo_examples_read_suggested_json_questions_json_and_bare_clips(tmp_path):
