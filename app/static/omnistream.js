@@ -49,7 +49,7 @@
           if (e.type === "response.done") this._fire("done", e.response, e);
           if (e.type === "error") { this._fire("error", e.error, e); if (!this.session) reject(new Error(e.error.message)); }
           if (e.type === "session.going_away") this._fire("going_away", e);
-          this._fire(e.type, e);
+          if (e.type !== "error") this._fire(e.type, e);         // "error" fired above, as (error, event)
         };
         ws.onclose = (c) => this._fire("close", c);
         ws.onerror = () => reject(new Error("cannot connect to " + url));

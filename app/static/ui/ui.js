@@ -126,7 +126,6 @@
       this.wave = null;           // peaks drawn on the strip
       this.thumbs = [];           // [{t_ms, image}] drawn on the strip
       this.live = null;
-      this._lastError = null;
       this._itemSeq = 0;
       this._raf = 0;
       this._stripMs = 0;
@@ -223,11 +222,8 @@
       os.on("delta", (d, e) => this._delta(e.response_id, d));
       os.on("annotation", (a, e) => this._annotation(e.response_id, a));
       os.on("done", (r) => this._done(r));
-      os.on("error", (a, b) => {                          // omnistream.js fires "error" as (error, event) and (event)
-        const event = b || a;
-        if (event.event_id && event.event_id === this._lastError) return;
-        this._lastError = event.event_id;
-        this._error(event.error || event);
+      os.on("error", (error) => {                         // omnistream.js fires "error" as (error, event)
+        this._error(error);
       });
       os.on("media.progress", (e) => this._progress(e));
       os.on("conversation.item.done", (e) => this._itemDone(e.item));
