@@ -22,7 +22,7 @@ from engine.tokenizer import StreamDecoder, build_chat_prompt
 
 from .engine_loop import ResponseRequest
 from .link import Control, Media, PoolError
-from .realtime import ProtocolError, check_image, decode_base64
+from .realtime import ProtocolError, number_field, check_image, decode_base64, sampling_params
 
 _MARK = "\x00"
 
@@ -113,15 +113,8 @@ def parse_messages(body: dict, limit: int) -> tuple[list[dict], list[tuple[str, 
 
 
 def _sampling(body: dict, limits) -> tuple[SamplingParams, bool]:
-    def num(name, lo, hi, default, integer=False):
-        v = body.get(name, default)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not lo <= v <= hi:
-            raise ProtocolError("invalid_value", f"{name} must be a number in [{lo}, {hi}]", name)
-        return v
-    max_tokens = num("max_completion_tokens", 1, limits.max_output_tokens, None, True)
-    max_tokens = max_tokens or num("max_tokens", 1, limits.max_output_tokens, 256, True)
+    max_tokens = number_field(body, "max_completion_tokens", 1, limits.max_output_tokens, None, True)
+    max_tokens = max_tokens or number_field(body, "max_tokens", 1, limits.max_output_tokens, 256, True)
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ProtocolError("invalid_value", "chat_template_kwargs must be an object", "chat_template_kwargs")
@@ -129,9 +122,7 @@ def _sampling(body: dict, limits) -> tuple[SamplingParams, bool]:
     if not isinstance(reasoning, bool):
         raise ProtocolError("invalid_value", "chat_template_kwargs.enable_thinking must be a boolean",
                             "chat_template_kwargs")
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=num("temperature", 0, 2, 0.0),
-                            top_p=num("top_p", 1e-6, 1, 1.0), seed=num("seed", 0, 2 ** 63 - 1, None, True))
-    return params, reasoning
+    return sampling_params(body, max_tokens), reasoning
 
 
 async def chat_completion(hub, body: dict):

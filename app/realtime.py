@@ -71,6 +71,24 @@ class ProtocolError(ValueError):
         self.code, self.param, self.type = code, param, type_
 
 
+def number_field(body: dict, name: str, lo, hi, default, integer: bool = False, where: str = ""):
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not lo <= v <= hi:
+        raise ProtocolError("invalid_value", f"{where}{name} must be a number in [{lo}, {hi}]", where + name)
+    return v
+
+
+def sampling_params(body: dict, max_tokens: int, where: str = "") -> SamplingParams:
+    """SamplingParams from an object's temperature (default 0: greedy), top_p, top_k and seed;
+    `where` prefixes the field names in errors (e.g. "response.omni.")."""
+    return SamplingParams(max_new_tokens=max_tokens, temperature=number_field(body, "temperature", 0, 2, 0.0, where=where),
+                          top_p=number_field(body, "top_p", 1e-6, 1, 1.0, where=where),
+                          top_k=number_field(body, "top_k", 0, 1 << 20, 0, True, where),
+                          seed=number_field(body, "seed", 0, 2 ** 63 - 1, None, True, where))
+
+
 def error_event(code: str, message: str, param=None, event_id=None, type_="invalid_request_error") -> dict:
     return {"type": "error", "error": {"type": type_, "code": code, "message": message, "param": param,
                                        "event_id": event_id}}
@@ -171,6 +189,7 @@ class _Response:
     max_tokens: int
     reasoning: bool
     budget: int | None
+    sampling: SamplingParams
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     handle: object = None
@@ -299,9 +318,10 @@ class RealtimeSession:
         if not isinstance(reasoning, bool) or not (budget is None or _is_int(budget) and budget >= 1):
             raise ProtocolError("invalid_value", "response.omni: reasoning is a boolean, reasoning_budget a positive "
                                                  "integer or null", "response.omni")
+        sampling = sampling_params(omni, max_tokens, "response.omni.")
         question = "\n".join(x for x in (self.extra_instructions, instructions or "", *self.pending_text) if x)
         self.pending_text = []
-        resp = _Response(_id("resp"), _id("item"), question, max_tokens, reasoning, budget)
+        resp = _Response(_id("resp"), _id("item"), question, max_tokens, reasoning, budget, sampling)
         self.response = resp
         await self.ensure_engine()
         if self.feed_open:                       # media first: the encoder flushes, then we answer
@@ -343,7 +363,7 @@ class RealtimeSession:
             if not resp.cancelled:
                 handle = await self.hub.engine.respond(ResponseRequest(
                     resp.id, self.id, question_tail(resp.question, resp.reasoning),
-                    SamplingParams(max_new_tokens=resp.max_tokens), resp.budget if resp.reasoning else None))
+                    resp.sampling, resp.budget if resp.reasoning else None))
                 resp.handle = handle
                 if resp.cancelled:
                     await self.hub.engine.cancel(resp.id)

@@ -212,7 +212,9 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
                 with gr.Accordion("Sampling", open=False, elem_id="omni-sampling"):
                     max_tokens = gr.Slider(16, 4096, value=512, step=16, label="Max output tokens",
                                            elem_id="omni-max-tokens")
-                    gr.Markdown("Answers are greedy: the realtime API takes no temperature or top-p.")
+                    temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0: greedy)",
+                                            elem_id="omni-temperature")
+                    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", elem_id="omni-top-p")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="Example questions",
                             elem_id="omni-example-questions")
 
@@ -221,9 +223,11 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
         cam.click(None, None, None, js="() => { window.omniUI.startCamera(); }")
         stop.click(None, None, None, js="() => { window.omniUI.stopLive(); }")
         voice_turns.change(None, [voice_turns], None, js="(vad) => { window.omniUI.setVoiceTurns(vad); }")
-        asked = "(q, r, b, m) => { window.omniUI.ask(q, {reasoning: r, budget: b, maxTokens: m}); }"
-        ask.click(None, [question, reasoning, budget, max_tokens], None, js=asked)
-        question.submit(None, [question, reasoning, budget, max_tokens], None, js=asked)
+        asked = ("(q, r, b, m, t, p) => { window.omniUI.ask(q, {reasoning: r, budget: b, maxTokens: m, "
+                 "temperature: t, topP: p}); }")
+        ask_inputs = [question, reasoning, budget, max_tokens, temperature, top_p]
+        ask.click(None, ask_inputs, None, js=asked)
+        question.submit(None, ask_inputs, None, js=asked)
         cancel.click(None, None, None, js="() => { window.omniUI.cancel(); }")
         key.change(None, [key], None, js="(k) => { window.omniUI.setApiKey(k); }")
     return demo

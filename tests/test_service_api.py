@@ -112,6 +112,7 @@ BAD = [
         {"type": "input_video", "video_url": "data:video/mp4;base64," + base64.b64encode(b"not a video").decode()}]}}),
      "invalid_video"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (3 << 20)}), "payload_too_large"),
+    (json.dumps({"type": "response.create", "response": {"omni": {"temperature": 9}}}), "invalid_value"),
 ]
 
 

@@ -559,7 +559,9 @@
       os.send({type: "conversation.item.create",
                item: {type: "message", role: "user", content: [{type: "input_text", text: question}]}});
       os.send({type: "response.create", response: {max_output_tokens: Math.round(Number(opts.maxTokens) || 512),
-                                                    omni: {reasoning: opts.reasoning !== false, reasoning_budget: budget}}});
+                                                    omni: {reasoning: opts.reasoning !== false, reasoning_budget: budget,
+                                                           temperature: Number(opts.temperature) || 0,
+                                                           top_p: Number(opts.topP) || 1}}});
     }
 
     cancel() {
