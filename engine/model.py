@@ -162,7 +162,16 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, T, H * D))
 
     def step(self, x, state: State, i: int):
-        return self.forward(x[:, None], state, i)[:, 0]    # its products take the CPU kernels
+        """One token per row on the CPU kernels: normed x (b, H) -> (b, H), the KV cache appended."""
+        if state.prefix:                      # a fork reading its parent's cache: the general path
+            return self.forward(x[:, None], state, i)[:, 0]
+        cfg = self.cfg
+        b, H, Hkv, D = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q, k, v = cpu.linears(x, [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight],
+                              [self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        out = cpu.decode_attention(q.view(b, H, 1, D), state.k[i], state.v[i], [n + 1 for n in state.lengths],
+                                   k.view(b, Hkv, D), v.view(b, Hkv, D))
+        return cpu.linear(out.view(b, H * D), self.o_proj.weight, self.o_proj.bias)
 
 
 def _attend_segments(q, segments, own_offset: int, max_scores: int = 1 << 24):
@@ -265,17 +274,15 @@ class MoE(nn.Module):
         return h.view_as(x) + self.shared_experts(x)
 
     def step(self, x, state=None, i=None):
-        cfg = self.cfg
-        ids, weights = cpu.route(cpu.linear(x, self.gate.weight), self.gate.e_score_correction_bias,
-                                 cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group, cfg.norm_topk_prob,
-                                 cfg.routed_scaling_factor)
-        if cfg.moe_latent_size:
-            h = cpu.linear(x, self.fc1_latent_proj.weight, self.fc1_latent_proj.bias)
-            h = cpu.grouped_experts(h, ids, weights, *self._expert_weights())
-            h = cpu.linear(h, self.fc2_latent_proj.weight, self.fc2_latent_proj.bias)
-        else:
-            h = cpu.grouped_experts(x, ids, weights, *self._expert_weights())
-        return h + self.shared_experts.step(x)
+        cfg, sh = self.cfg, self.shared_experts
+        routing = (cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group, cfg.norm_topk_prob, cfg.routed_scaling_factor)
+        if not cfg.moe_latent_size:
+            return cpu.moe_step(x, self.gate.weight, self.gate.e_score_correction_bias, *self._expert_weights(),
+                                sh.up_proj.weight, sh.up_proj.bias, sh.down_proj.weight, sh.down_proj.bias, *routing)
+        ids, weights = cpu.route(cpu.linear(x, self.gate.weight), self.gate.e_score_correction_bias, *routing)
+        h = cpu.linear(x, self.fc1_latent_proj.weight, self.fc1_latent_proj.bias)
+        h = cpu.grouped_experts(h, ids, weights, *self._expert_weights())
+        return cpu.linear(h, self.fc2_latent_proj.weight, self.fc2_latent_proj.bias) + sh.step(x)
 
 
 MIXERS = {MAMBA: Mamba2Mixer, ATTENTION: Attention, MLP_KIND: lambda c: MLP(c.hidden_size, c.intermediate_size, c.mlp_bias),

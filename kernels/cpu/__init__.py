@@ -122,6 +122,11 @@ def linear(x, weight, bias=None, act: int = 0):
     return _ops.linear(x, weight, bias, act)
 
 
+def linears(x, weights: list, biases: list, acts: list[int] | None = None) -> list:
+    """[linear(x, w, b, act) for each], as one parallel loop over all the weights."""
+    return _ops.linears(x, weights, biases, acts or [0] * len(weights))
+
+
 def add_rms_norm(x, residual, weight, eps: float):
     """(h, RMSNorm(h) * weight) with h = x + residual (x itself when residual is None)."""
     return _ops.add_rms_norm(x, residual, weight, eps)
@@ -143,6 +148,15 @@ def grouped_experts(x, ids, weights, up, down):
     return _ops.grouped_experts(x, ids, weights, up, down)
 
 
-def decode_attention(q, keys, values, lengths: list[int]):
-    """causal_attention for one query per row: row r sees its first lengths[r] keys."""
-    return _ops.decode_attention(q, keys, values, lengths)
+def decode_attention(q, keys, values, lengths: list[int], new_k=None, new_v=None):
+    """causal_attention for one query per row: row r sees its first lengths[r] keys. With new_k
+    and new_v (b, Hkv, D), those are written into keys / values at lengths[r] - 1 first."""
+    return _ops.decode_attention(q, keys, values, lengths, new_k, new_v)
+
+
+def moe_step(x, gate_weight, correction_bias, up, down, shared_up, shared_up_bias, shared_down, shared_down_bias,
+             top_k, n_group, topk_group, norm_topk_prob, scaling):
+    """NemotronH's MoE (no latent projection) for a few tokens x (N, H): router, routing, chosen
+    experts and the shared expert, in three parallel loops; fp32 (N, H)."""
+    return _ops.moe_step(x, gate_weight, correction_bias, up, down, shared_up, shared_up_bias, shared_down,
+                         shared_down_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)

@@ -110,25 +110,33 @@ struct Product {
   float* y; int64_t ldy;
 };
 
-// The rows [o0, o1) of a product, for any number of x rows: up to eight at a time; beyond
-// eight, W's rows in blocks that stay in cache while each group of eight reads them.
+// Rows of x taken at once, and streams of dot_rows for B of them: the S x B accumulators stay in
+// registers (32 AVX-512 registers hold 16 of them; with AVX2 or NEON one takes 2 or 4 registers).
+#if defined(__AVX512F__)
+constexpr int ACCUMULATORS = 16, ROWS = 8;
+#else
+constexpr int ACCUMULATORS = 4, ROWS = 4;
+#endif
+constexpr int streams(int B) { return std::max(1, std::min(4, ACCUMULATORS / B)); }
+
+// The rows [o0, o1) of a product, for any number of x rows: up to ROWS at a time; beyond that,
+// W's rows in blocks that stay in cache while each group of ROWS reads them.
 void product_rows(const Product& p, int64_t o0, int64_t o1) {
-  const int64_t block = p.B <= 8 ? o1 - o0 : 32;
+  const int64_t block = p.B <= ROWS ? o1 - o0 : 32;
   for (int64_t ob = o0; ob < o1; ob += block) {
     int64_t oe = std::min(o1, ob + block);
-    for (int64_t b0 = 0; b0 < p.B; b0 += 8) {
+    for (int64_t b0 = 0; b0 < p.B; b0 += ROWS) {
       const float* x = p.x + b0 * p.ldx;
       float* y = p.y + b0 * p.ldy;
-      // S x B accumulators stay within 8 vectors (16 registers on AVX2, 8 on AVX-512)
-      switch (std::min<int64_t>(8, p.B - b0)) {
-        case 1: dot_rows<1, 4>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 2: dot_rows<2, 4>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 3: dot_rows<3, 2>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 4: dot_rows<4, 2>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 5: dot_rows<5, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 6: dot_rows<6, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        case 7: dot_rows<7, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
-        default: dot_rows<8, 1>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+      switch (std::min<int64_t>(ROWS, p.B - b0)) {
+        case 1: dot_rows<1, streams(1)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 2: dot_rows<2, streams(2)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 3: dot_rows<3, streams(3)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 4: dot_rows<4, streams(4)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 5: dot_rows<5, streams(5)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 6: dot_rows<6, streams(6)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        case 7: dot_rows<7, streams(7)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
+        default: dot_rows<8, streams(8)>(p.W, p.I, x, p.ldx, p.bias, p.act, y, p.ldy, ob, oe); break;
       }
     }
   }
@@ -154,24 +162,45 @@ void run_products(const std::vector<Product>& ps) {
   });
 }
 
-// x (..., I) W^T (+ bias), act applied: kernels.linear.linear for a few rows.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const std::optional<at::Tensor>& bias, int64_t act) {
-  check_f32(W, "weight");
-  check(W.dim() == 2, "weight must be 2-D");
-  const int64_t O = W.size(0), I = W.size(1);
+// The rows of x (..., I) as a matrix with unit column stride (a copy only if they are not).
+at::Tensor as_rows(const at::Tensor& x, int64_t I) {
   check(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.size(-1) == I,
         "x must be fp32 on the CPU with as many features as the weight's columns");
-  if (bias) { check_f32(*bias, "bias"); check(bias->numel() == O, "bias size"); }
   at::Tensor x2 = x.reshape({-1, I});
-  if (x2.stride(1) != 1 || (x2.size(0) > 1 && x2.stride(0) < I)) x2 = x2.contiguous();
-  const int64_t B = x2.size(0);
+  return x2.stride(1) != 1 || (x2.size(0) > 1 && x2.stride(0) < I) ? x2.contiguous() : x2;
+}
+
+// The product of rows x2 (B, I) with W (and bias, act) into a new (..., O) shaped like x.
+Product product(const at::Tensor& x, const at::Tensor& x2, const at::Tensor& W, const std::optional<at::Tensor>& bias,
+                int64_t act, at::Tensor& y) {
+  check_f32(W, "weight");
+  check(W.dim() == 2 && W.size(1) == x2.size(1), "weight must be (out, in)");
+  const int64_t O = W.size(0);
+  if (bias) { check_f32(*bias, "bias"); check(bias->numel() == O, "bias size"); }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = O;
-  at::Tensor y = at::empty(shape, x.options());
-  if (B == 0 || O == 0) return y;
-  run_products({{W.const_data_ptr<float>(), O, I, x2.const_data_ptr<float>(), x2.stride(0), B, opt_ptr(bias),
-                 (int)act, y.mutable_data_ptr<float>(), O}});
+  y = at::empty(shape, x.options());
+  return {W.const_data_ptr<float>(), O, W.size(1), x2.const_data_ptr<float>(), x2.stride(0), x2.size(0),
+          opt_ptr(bias), (int)act, y.mutable_data_ptr<float>(), O};
+}
+
+// x (..., I) W^T (+ bias), act applied: kernels.linear.linear for a few rows.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const std::optional<at::Tensor>& bias, int64_t act) {
+  at::Tensor x2 = as_rows(x, W.size(-1)), y;
+  run_products({product(x, x2, W, bias, act, y)});
   return y;
+}
+
+// Several products of the same x (q, k and v; a router and a shared expert) in one parallel loop.
+std::vector<at::Tensor> linears(const at::Tensor& x, at::TensorList weights, const std::vector<std::optional<at::Tensor>>& biases,
+                                at::IntArrayRef acts) {
+  check(weights.size() == biases.size() && weights.size() == acts.size() && !weights.empty(), "linears lists");
+  at::Tensor x2 = as_rows(x, weights[0].size(-1));
+  std::vector<at::Tensor> ys(weights.size());
+  std::vector<Product> ps;
+  for (size_t k = 0; k < weights.size(); ++k) ps.push_back(product(x, x2, weights[k], biases[k], acts[k], ys[k]));
+  run_products(ps);
+  return ys;
 }
 
 // ---- norms --------------------------------------------------------------------------------
@@ -299,27 +328,28 @@ at::Tensor mamba_step(const at::Tensor& zxbcdt, const at::Tensor& conv_state, co
 }
 
 // ---- MoE ----------------------------------------------------------------------------------
-// kernels.moe.route: experts chosen by sigmoid(logits) + correction bias (within the best
-// topk_group of n_group groups, a group scored by its two best), weighted by the sigmoid.
-std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& logits, const at::Tensor& correction_bias, int64_t top_k,
-                                         int64_t n_group, int64_t topk_group, bool norm_topk_prob, double scaling) {
-  check_f32(logits, "router logits");
+struct Router {
+  int64_t E, top_k, n_group, topk_group;
+  bool norm_topk_prob;
+  double scaling;
+};
+
+void check_router(const Router& r, const at::Tensor& correction_bias) {
   check_f32(correction_bias, "correction bias");
-  check(logits.dim() == 2, "router logits must be (N, E)");
-  const int64_t N = logits.size(0), E = logits.size(1);
-  check(correction_bias.numel() == E && top_k >= 1 && top_k <= E && n_group >= 1 && E % n_group == 0 &&
-        topk_group >= 1 && topk_group <= n_group, "router sizes");
-  at::Tensor ids = at::empty({N, top_k}, logits.options().dtype(at::kLong));
-  at::Tensor weights = at::empty({N, top_k}, logits.options());
-  const float* lg = logits.const_data_ptr<float>();
-  const float* bias = correction_bias.const_data_ptr<float>();
-  int64_t* ip = ids.mutable_data_ptr<int64_t>();
-  float* wp = weights.mutable_data_ptr<float>();
-  std::vector<float> scores(E), choice(E), gscore(n_group);
-  std::vector<int64_t> order(std::max(E, n_group));
+  check(correction_bias.numel() == r.E && r.top_k >= 1 && r.top_k <= r.E && r.n_group >= 1 && r.E % r.n_group == 0 &&
+        r.topk_group >= 1 && r.topk_group <= r.n_group, "router sizes");
+}
+
+// kernels.moe.route for N rows of fp32 logits (N, E): experts chosen by sigmoid(logits) + bias
+// (within the best topk_group of n_group groups, a group scored by its two best), best first,
+// weighted by the uncorrected sigmoid (normalized, scaled).
+void route_rows(const Router& R, const float* lg, const float* bias, int64_t N, int64_t* ids, float* weights) {
+  const int64_t E = R.E, k = R.top_k;
+  std::vector<float> scores(E), choice(E), gscore(R.n_group);
+  std::vector<int64_t> order(std::max(E, R.n_group));
+  std::vector<char> keep(R.n_group);
   const float ninf = -std::numeric_limits<float>::infinity();
-  // best first; ties to the lower index
-  auto best_first = [](const std::vector<float>& v) {
+  auto best_first = [](const std::vector<float>& v) {      // ties to the lower index
     return [&v](int64_t a, int64_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
   };
   for (int64_t t = 0; t < N; ++t) {
@@ -327,102 +357,180 @@ std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& logits, const at::Ten
       scores[e] = 1.0f / (1.0f + std::exp(-lg[t * E + e]));
       choice[e] = scores[e] + bias[e];
     }
-    if (n_group > 1) {
-      const int64_t per = E / n_group;
-      for (int64_t gi = 0; gi < n_group; ++gi) {
-        float a = ninf, b2 = ninf;   // the group's two best
+    if (R.n_group > 1) {
+      const int64_t per = E / R.n_group;
+      for (int64_t gi = 0; gi < R.n_group; ++gi) {
+        float a = ninf, b2 = ninf;                       // the group's two best
         for (int64_t e = gi * per; e < (gi + 1) * per; ++e) {
           if (choice[e] > a) { b2 = a; a = choice[e]; } else if (choice[e] > b2) b2 = choice[e];
         }
         gscore[gi] = per > 1 ? a + b2 : a;
       }
-      std::iota(order.begin(), order.begin() + n_group, 0);
-      std::partial_sort(order.begin(), order.begin() + topk_group, order.begin() + n_group, best_first(gscore));
-      std::vector<bool> keep(n_group, false);
-      for (int64_t j = 0; j < topk_group; ++j) keep[order[j]] = true;
+      std::iota(order.begin(), order.begin() + R.n_group, 0);
+      std::partial_sort(order.begin(), order.begin() + R.topk_group, order.begin() + R.n_group, best_first(gscore));
+      std::fill(keep.begin(), keep.end(), 0);
+      for (int64_t j = 0; j < R.topk_group; ++j) keep[order[j]] = 1;
       for (int64_t e = 0; e < E; ++e) if (!keep[e / per]) choice[e] = ninf;
     }
     std::iota(order.begin(), order.begin() + E, 0);
-    std::partial_sort(order.begin(), order.begin() + top_k, order.begin() + E, best_first(choice));
+    std::partial_sort(order.begin(), order.begin() + k, order.begin() + E, best_first(choice));
     float sum = 0.0f;
-    for (int64_t j = 0; j < top_k; ++j) sum += scores[order[j]];
-    for (int64_t j = 0; j < top_k; ++j) {
-      ip[t * top_k + j] = order[j];
+    for (int64_t j = 0; j < k; ++j) sum += scores[order[j]];
+    for (int64_t j = 0; j < k; ++j) {
       float w = scores[order[j]];
-      if (norm_topk_prob) w = w / (sum + 1e-20f);
-      wp[t * top_k + j] = w * (float)scaling;
+      if (R.norm_topk_prob) w = w / (sum + 1e-20f);
+      ids[t * k + j] = order[j];
+      weights[t * k + j] = w * (float)R.scaling;
     }
   }
+}
+
+std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& logits, const at::Tensor& correction_bias, int64_t top_k,
+                                         int64_t n_group, int64_t topk_group, bool norm_topk_prob, double scaling) {
+  check_f32(logits, "router logits");
+  check(logits.dim() == 2, "router logits must be (N, E)");
+  const Router R{logits.size(1), top_k, n_group, topk_group, norm_topk_prob, scaling};
+  check_router(R, correction_bias);
+  at::Tensor ids = at::empty({logits.size(0), top_k}, logits.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({logits.size(0), top_k}, logits.options());
+  route_rows(R, logits.const_data_ptr<float>(), correction_bias.const_data_ptr<float>(), logits.size(0),
+             ids.mutable_data_ptr<int64_t>(), weights.mutable_data_ptr<float>());
   return {ids, weights};
 }
 
-// kernels.moe.grouped_experts: sum_k w_k * down_e(relu(up_e(x))^2) for each token's experts
-// e = ids[:, k]. Every hit expert reads its weights once for all its tokens; the up products of
-// all hit experts are one parallel loop, the down products another; contributions are added in
-// expert order.
+void check_experts(at::TensorList up, at::TensorList down, int64_t d) {
+  check(!up.empty() && down.size() == up.size(), "expert lists");
+  for (size_t e = 0; e < up.size(); ++e) {
+    check_f32(up[e], "expert weights");
+    check_f32(down[e], "expert weights");
+    check(up[e].dim() == 2 && up[e].size(0) == up[0].size(0) && up[e].size(1) == d && down[e].dim() == 2 &&
+          down[e].size(0) == d && down[e].size(1) == up[0].size(0), "expert weight shapes");
+  }
+}
+
+// sum_k w_k * down_e(relu(up_e(x))^2) over each token's experts e = ids[:, k]: every hit expert
+// reads its weights once for all its tokens, and `extra_up` / `extra_down` products (a shared
+// expert's) join the up and the down loops. Contributions are added in expert order.
+struct Experts {
+  int64_t N, d, k, inner;
+  std::vector<int64_t> pairs;   // token * k + j, sorted by expert (stable: tokens in order)
+  at::Tensor xs, hs, ys;        // per pair: input row, relu(up x)^2, down of that
+
+  Experts(const at::Tensor& x, const int64_t* ids, int64_t k_, at::TensorList up)
+      : N(x.size(0)), d(x.size(1)), k(k_), inner(up[0].size(0)), pairs(N * k_) {
+    const int64_t E = up.size();
+    for (int64_t q = 0; q < N * k; ++q) check(ids[q] >= 0 && ids[q] < E, "expert id out of range");
+    std::iota(pairs.begin(), pairs.end(), 0);
+    std::stable_sort(pairs.begin(), pairs.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    xs = at::empty({N * k, d}, x.options());
+    hs = at::empty({N * k, inner}, x.options());
+    ys = at::empty({N * k, d}, x.options());
+    const float* xp = x.const_data_ptr<float>();
+    for (int64_t q = 0; q < N * k; ++q)
+      std::memcpy(xs.mutable_data_ptr<float>() + q * d, xp + (pairs[q] / k) * d, d * sizeof(float));
+  }
+
+  void run(const int64_t* ids, at::TensorList up, at::TensorList down, std::vector<Product> extra_up = {},
+           std::vector<Product> extra_down = {}) {
+    float *xsp = xs.mutable_data_ptr<float>(), *hsp = hs.mutable_data_ptr<float>(), *ysp = ys.mutable_data_ptr<float>();
+    std::vector<Product>& ups = extra_up;
+    std::vector<Product>& downs = extra_down;
+    for (int64_t q0 = 0; q0 < N * k;) {
+      int64_t q1 = q0;
+      const int64_t e = ids[pairs[q0]];
+      while (q1 < N * k && ids[pairs[q1]] == e) ++q1;
+      ups.push_back({up[e].const_data_ptr<float>(), inner, d, xsp + q0 * d, d, q1 - q0, nullptr, RELU2,
+                     hsp + q0 * inner, inner});
+      downs.push_back({down[e].const_data_ptr<float>(), d, inner, hsp + q0 * inner, inner, q1 - q0, nullptr, NONE,
+                       ysp + q0 * d, d});
+      q0 = q1;
+    }
+    run_products(ups);
+    run_products(downs);
+  }
+
+  at::Tensor sum(const float* weights) const {
+    at::Tensor out = at::zeros({N, d}, xs.options());
+    float* op = out.mutable_data_ptr<float>();
+    const float* ysp = ys.const_data_ptr<float>();
+    for (int64_t q = 0; q < N * k; ++q) {
+      const int64_t t = pairs[q] / k;
+      const float w = weights[pairs[q]];
+      for (int64_t i = 0; i < d; ++i) op[t * d + i] += ysp[q * d + i] * w;
+    }
+    return out;
+  }
+};
+
+// kernels.moe.grouped_experts: x (N, d), ids / weights (N, k) -> (N, d) fp32.
 at::Tensor grouped_experts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& weights,
                            at::TensorList up, at::TensorList down) {
   check_f32(x, "expert input");
   check(x.dim() == 2 && ids.dim() == 2 && ids.scalar_type() == at::kLong && ids.is_contiguous() &&
         weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.sizes() == ids.sizes() &&
         ids.size(0) == x.size(0), "expert routing shapes");
-  const int64_t N = x.size(0), d = x.size(1), k = ids.size(1), E = (int64_t)up.size();
-  check(E > 0 && (int64_t)down.size() == E, "expert lists");
-  const int64_t inner = up[0].size(0);
-  for (int64_t e = 0; e < E; ++e) {
-    check_f32(up[e], "expert weights");
-    check_f32(down[e], "expert weights");
-    check(up[e].size(0) == inner && up[e].size(1) == d && down[e].size(0) == d && down[e].size(1) == inner,
-          "expert weight shapes");
-  }
-  const int64_t* ip = ids.const_data_ptr<int64_t>();
-  const float* wp = weights.const_data_ptr<float>();
-  // (token, weight) pairs sorted by expert, tokens in order within an expert
-  std::vector<int64_t> pairs(N * k);
-  std::iota(pairs.begin(), pairs.end(), 0);
-  for (int64_t q = 0; q < N * k; ++q) check(ip[q] >= 0 && ip[q] < E, "expert id out of range");
-  std::stable_sort(pairs.begin(), pairs.end(), [&](int64_t a, int64_t b) { return ip[a] < ip[b]; });
-  at::Tensor xs = at::empty({N * k, d}, x.options());       // each pair's input row
-  at::Tensor hs = at::empty({N * k, inner}, x.options());   // relu(up x)^2
-  at::Tensor ys = at::empty({N * k, d}, x.options());       // down of that
-  const float* xp = x.const_data_ptr<float>();
-  float *xsp = xs.mutable_data_ptr<float>(), *hsp = hs.mutable_data_ptr<float>(), *ysp = ys.mutable_data_ptr<float>();
-  for (int64_t q = 0; q < N * k; ++q) std::memcpy(xsp + q * d, xp + (pairs[q] / k) * d, d * sizeof(float));
-  std::vector<Product> ups, downs;
-  for (int64_t q0 = 0; q0 < N * k;) {
-    int64_t q1 = q0;
-    while (q1 < N * k && ip[pairs[q1]] == ip[pairs[q0]]) ++q1;
-    const int64_t e = ip[pairs[q0]];
-    ups.push_back({up[e].const_data_ptr<float>(), inner, d, xsp + q0 * d, d, q1 - q0, nullptr, RELU2,
-                   hsp + q0 * inner, inner});
-    downs.push_back({down[e].const_data_ptr<float>(), d, inner, hsp + q0 * inner, inner, q1 - q0, nullptr, NONE,
-                     ysp + q0 * d, d});
-    q0 = q1;
-  }
-  run_products(ups);
-  run_products(downs);
-  at::Tensor out = at::zeros({N, d}, x.options());
-  float* op = out.mutable_data_ptr<float>();
-  for (int64_t q = 0; q < N * k; ++q) {
-    const int64_t t = pairs[q] / k;
-    const float w = wp[pairs[q]];
-    for (int64_t i = 0; i < d; ++i) op[t * d + i] += ysp[q * d + i] * w;
-  }
-  return out;
+  check_experts(up, down, x.size(1));
+  Experts ex(x, ids.const_data_ptr<int64_t>(), ids.size(1), up);
+  ex.run(ids.const_data_ptr<int64_t>(), up, down);
+  return ex.sum(weights.const_data_ptr<float>());
+}
+
+// engine/model.py's MoE (without a latent projection) for a few tokens x (N, H): the router and
+// the shared expert's up product in one loop, routing, the chosen experts' up products and the
+// shared expert's down product in a second, the experts' down products in a third;
+// routed sum + shared expert.
+at::Tensor moe_step(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& correction_bias,
+                    at::TensorList up, at::TensorList down, const at::Tensor& shared_up,
+                    const std::optional<at::Tensor>& shared_up_bias, const at::Tensor& shared_down,
+                    const std::optional<at::Tensor>& shared_down_bias, int64_t top_k, int64_t n_group,
+                    int64_t topk_group, bool norm_topk_prob, double scaling) {
+  check_f32(x, "MoE input");
+  check(x.dim() == 2, "MoE input must be (N, H)");
+  const int64_t N = x.size(0);
+  const Router R{gate_weight.size(0), top_k, n_group, topk_group, norm_topk_prob, scaling};
+  check_router(R, correction_bias);
+  check_experts(up, down, x.size(1));
+  at::Tensor logits, hs;
+  run_products({product(x, x, gate_weight, std::nullopt, NONE, logits), product(x, x, shared_up, shared_up_bias, RELU2, hs)});
+  std::vector<int64_t> ids(N * top_k);
+  std::vector<float> weights(N * top_k);
+  route_rows(R, logits.const_data_ptr<float>(), correction_bias.const_data_ptr<float>(), N, ids.data(), weights.data());
+  Experts ex(x, ids.data(), top_k, up);
+  at::Tensor shared;
+  ex.run(ids.data(), up, down, {}, {product(hs, hs, shared_down, shared_down_bias, NONE, shared)});
+  at::Tensor out = ex.sum(weights.data());
+  return out.add_(shared);
 }
 
 // ---- attention ----------------------------------------------------------------------------
 // kernels.attention.causal_attention at one query per row: q (b, H, 1, D) over keys / values
 // (b, Hkv, >= max(lengths), D; the cache's views, rows D floats apart), row r seeing its first
 // lengths[r] positions; the H / Hkv query heads of a KV head read its keys once. Scale D ** -0.5.
+// With new_k / new_v (b, Hkv, D) the row's own key and value are first written into the cache,
+// at position lengths[r] - 1 (Attention.forward's cache update).
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
-                            at::IntArrayRef lengths) {
+                            at::IntArrayRef lengths, const std::optional<at::Tensor>& new_k,
+                            const std::optional<at::Tensor>& new_v) {
   check(q.device().is_cpu() && q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat &&
         values.scalar_type() == at::kFloat && q.dim() == 4 && keys.dim() == 4 && values.dim() == 4, "attention inputs");
   const int64_t b = q.size(0), H = q.size(1), D = q.size(3), Hkv = keys.size(1);
   check(q.size(2) == 1 && keys.size(0) == b && values.sizes() == keys.sizes() && keys.size(3) == D && H % Hkv == 0 &&
         (int64_t)lengths.size() == b && keys.stride(3) == 1 && values.stride(3) == 1, "attention shapes");
   for (int64_t L : lengths) check(L >= 1 && L <= keys.size(2), "attention length out of range");
+  check(new_k.has_value() == new_v.has_value(), "new key and value go together");
+  if (new_k) {
+    check(new_k->numel() == b * Hkv * D && new_v->numel() == b * Hkv * D && new_k->scalar_type() == at::kFloat &&
+          new_v->scalar_type() == at::kFloat, "new key / value shapes");
+    at::Tensor k = new_k->contiguous(), v = new_v->contiguous();
+    float *K = keys.mutable_data_ptr<float>(), *Vv = values.mutable_data_ptr<float>();
+    for (int64_t r = 0; r < b; ++r)
+      for (int64_t j = 0; j < Hkv; ++j) {
+        const int64_t at_k = r * keys.stride(0) + j * keys.stride(1) + (lengths[r] - 1) * keys.stride(2);
+        const int64_t at_v = r * values.stride(0) + j * values.stride(1) + (lengths[r] - 1) * values.stride(2);
+        std::memcpy(K + at_k, k.const_data_ptr<float>() + (r * Hkv + j) * D, D * sizeof(float));
+        std::memcpy(Vv + at_v, v.const_data_ptr<float>() + (r * Hkv + j) * D, D * sizeof(float));
+      }
+  }
   at::Tensor qc = q.contiguous();
   at::Tensor out = at::empty({b, H, 1, D}, q.options());
   const float *qp = qc.const_data_ptr<float>(), *kp = keys.const_data_ptr<float>(), *vp = values.const_data_ptr<float>();
@@ -463,13 +571,18 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
 
 TORCH_LIBRARY(omnistream_cpu, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias, int act) -> Tensor", &linear);
+  m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases, int[] acts) -> Tensor[]", &linears);
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm);
   m.def("mamba_step(Tensor zxbcdt, Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor conv_weight, "
         "Tensor? conv_bias, Tensor dt_bias, Tensor A_log, Tensor D, Tensor norm_weight, int n_groups, float eps, "
         "float dt_min, float dt_max) -> Tensor", &mamba_step);
   m.def("route(Tensor logits, Tensor correction_bias, int top_k, int n_group, int topk_group, bool norm_topk_prob, "
         "float scaling) -> (Tensor, Tensor)", &route);
-  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, int[] lengths) -> Tensor", &decode_attention);
+  m.def("decode_attention(Tensor q, Tensor(a!) keys, Tensor(b!) values, int[] lengths, Tensor? new_k=None, "
+        "Tensor? new_v=None) -> Tensor", &decode_attention);
   m.def("grouped_experts(Tensor x, Tensor ids, Tensor weights, Tensor[] up, Tensor[] down) -> Tensor",
         &grouped_experts);
+  m.def("moe_step(Tensor x, Tensor gate_weight, Tensor correction_bias, Tensor[] up, Tensor[] down, Tensor shared_up, "
+        "Tensor? shared_up_bias, Tensor shared_down, Tensor? shared_down_bias, int top_k, int n_group, int topk_group, "
+        "bool norm_topk_prob, float scaling) -> Tensor", &moe_step);
 }
