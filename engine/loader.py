@@ -9,10 +9,12 @@ named as the released checkpoints name them, so the mapping is only about prefix
 
 Safetensors only, single file or sharded with `model.safetensors.index.json`. Each file's
 header is parsed and checked here (sizes, offsets, dtypes) before anything is allocated, then
-the file is memory-mapped and tensors are views into the mapping: weights in the checkpoint's
-dtype cost no copy, and converted ones release their source pages as they go, so peak memory
-stays near the size of the weights. A missing, unexpected or mis-shaped tensor is an error that
-names the key and the shapes.
+the file is memory-mapped. On the CPU every tensor is copied (converted if asked) into one
+block of fresh memory on 2 MB pages where the kernel grants them, and its source pages are
+released as it goes, so peak memory stays near the size of the weights: decoding streams every
+weight once per token, and that stream is faster from huge anonymous pages than from the
+file's 4 KB page-cache pages (7% per decoded token on the 189M bench model). A missing,
+unexpected or mis-shaped tensor is an error that names the key and the shapes.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ class SafetensorsFile:
     def shape(self, key: str) -> tuple[int, ...]:
         return self.entries[key][1]
 
-    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor `key`, as a view into the mapping when no conversion is needed."""
+    def _view(self, key: str) -> tuple[torch.Tensor, int, int]:
+        """`key` as stored (a view into the mapping, or a copy of misaligned bytes), its offset
+        in the file and its length in bytes."""
         src_dtype, shape, start, end = self.entries[key]
         if self._mm is None:
             with open(self.path, "rb") as f:   # copy-on-write: writable tensors, the file never changes
@@ -98,22 +101,32 @@ class SafetensorsFile:
         offset = self.data_start + start
         count = (end - start) // src_dtype.itemsize
         if count == 0:
-            return torch.empty(shape, dtype=dtype or src_dtype)
+            return torch.empty(shape, dtype=src_dtype), offset, 0
         if offset % src_dtype.itemsize:   # misaligned: copy the bytes
             t = torch.frombuffer(bytearray(self._mm[offset:offset + end - start]), dtype=src_dtype)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t = torch.frombuffer(self._mm, dtype=src_dtype, count=count, offset=offset)
-        t = t.view(shape)
-        if dtype is not None and dtype != src_dtype:
+        return t.view(shape), offset, end - start
+
+    def copy_into(self, key: str, out: torch.Tensor) -> None:
+        """Copy (and convert) `key` into `out`, then release its source pages."""
+        t, offset, length = self._view(key)
+        out.copy_(t)
+        self._release(offset, length)
+
+    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `key`, as a view into the mapping when no conversion is needed."""
+        t, offset, length = self._view(key)
+        if dtype is not None and dtype != t.dtype:
             t = t.to(dtype)
-            self._release(offset, end - start)
-        elif offset % 64:
+            self._release(offset, length)
+        elif offset % 64 and length:
             # BLAS takes another SIMD path on data not 64-byte aligned; the same weights must
             # give the same results wherever a file happens to place them.
             t = t.clone()
-            self._release(offset, end - start)
+            self._release(offset, length)
         return t
 
     def _release(self, offset: int, length: int) -> None:
@@ -123,6 +136,21 @@ class SafetensorsFile:
         lo, hi = -(-offset // page) * page, (offset + length) // page * page
         if hi > lo and hasattr(self._mm, "madvise"):
             self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def _arena(nbytes: int) -> torch.Tensor:
+    """`nbytes` of fresh anonymous memory (uint8), 2 MB aligned and advised to the kernel as
+    huge-page memory (a no-op where transparent huge pages are off). Pages become resident as
+    they are first written."""
+    m = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE)
+    t = torch.frombuffer(m, dtype=torch.uint8)
+    start = (-t.data_ptr()) % _HUGE_PAGE
+    return t[start:start + nbytes]
 
 
 def open_checkpoint(model_dir: str | Path) -> dict[str, SafetensorsFile]:
@@ -205,10 +233,18 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, SafetensorsFile], pr
             raise LoadError(f"{where}: tensor {ours[name]!r} has shape {list(got)}, the config expects {list(shape)}")
 
     state = {}
-    for name, key in ours.items():
-        want = torch.float32 if name.endswith(keep_fp32) else dtype
-        t = tensors[key].tensor(key, want)
-        state[name] = t if device == "cpu" else t.to(device)
+    want = {name: torch.float32 if name.endswith(keep_fp32) else dtype for name in ours}
+    if device == "cpu":            # one block of fresh memory for all (see the module docstring)
+        size = {name: -(-math.prod(expected[name]) * want[name].itemsize // 64) * 64 for name in ours}
+        arena, at = _arena(max(1, sum(size.values()))), 0
+        for name, key in ours.items():
+            n = math.prod(expected[name]) * want[name].itemsize
+            state[name] = arena[at:at + n].view(want[name]).view(expected[name])
+            tensors[key].copy_into(key, state[name])
+            at += size[name]
+    else:
+        for name, key in ours.items():
+            state[name] = tensors[key].tensor(key, want[name]).to(device)
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval().requires_grad_(False)
 
