@@ -76,11 +76,11 @@ def sizes(quick: bool) -> dict:
 
 
 def engine_fingerprint() -> dict:
-    """Which engine code produced the figures: a hash of engine/ and kernels/ and their newest
-    modification time (the tree is edited while benchmarks run)."""
+    """Which engine code produced the figures: a hash of engine/ and kernels/ (the C++ CPU
+    kernels included) and their newest modification time (the tree is edited while benchmarks run)."""
     import hashlib
     h = hashlib.sha256()
-    files = sorted([*ROOT.glob("engine/*.py"), *ROOT.glob("kernels/*.py")])
+    files = sorted([*ROOT.glob("engine/*.py"), *ROOT.glob("kernels/**/*.py"), *ROOT.glob("kernels/**/*.cpp")])
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     newest = max((f.stat().st_mtime for f in files), default=0)
@@ -426,6 +426,8 @@ def main(argv=None) -> int:
     model = load_decoder(ckpt)
     cfg = DecoderConfig.from_file(ckpt)
     res["engine"] = engine_fingerprint()
+    from kernels import cpu                          # built now (once per source and CPU), not in a timed run
+    res["cpu_kernels"] = "C++ (kernels/cpu)" if cpu.ops() is not None else "unavailable: PyTorch path"
     res["hf_impl"] = {"attention": hf.config._attn_implementation,
                       "experts": getattr(hf.config, "_experts_implementation", None)}
 
@@ -436,7 +438,8 @@ def main(argv=None) -> int:
     bytes_per_token = counts["read_per_token"] * 4                 # fp32
     res["params"] = {"total": counts["total"], "read_per_token": counts["read_per_token"],
                      "weight_bytes_per_token": bytes_per_token}
-    print(f"engine: engine/ + kernels/ sha256 {res['engine']['sha256']} (newest file {res['engine']['newest_file_time']})")
+    print(f"engine: engine/ + kernels/ sha256 {res['engine']['sha256']} (newest file {res['engine']['newest_file_time']}); "
+          f"CPU decode kernels: {res['cpu_kernels']}")
     print(f"model: pattern {PATTERN} ({len(PATTERN)} layers), hidden {cfg.hidden_size}, vocab {cfg.vocab_size}")
     print(f"parameters: {counts['total'] / 1e6:.1f}M; read per decoded token: "
           f"{counts['read_per_token'] / 1e6:.1f}M ({bytes_per_token / 1e6:.0f} MB fp32: all but "
@@ -575,7 +578,8 @@ def report(res: dict, S: dict) -> None:
     print(f"## Decoder benchmark ({res['mode']}): ours vs transformers {res['transformers']}, CPU fp32, "
           f"{res['threads']} threads")
     print()
-    print(f"engine/ + kernels/ sha256 {res['engine']['sha256']} (newest file {res['engine']['newest_file_time']})")
+    print(f"engine/ + kernels/ sha256 {res['engine']['sha256']} (newest file {res['engine']['newest_file_time']}); "
+          f"CPU decode kernels: {res['cpu_kernels']}")
     print()
     print(f"parameters {p['total'] / 1e6:.1f}M, read per decoded token {p['read_per_token'] / 1e6:.1f}M "
           f"({p['weight_bytes_per_token'] / 1e6:.0f} MB fp32); copy bandwidth {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s "

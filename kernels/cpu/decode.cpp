@@ -213,7 +213,12 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const std::
   at::Tensor h = x.contiguous();
   if (residual) {
     check(residual->scalar_type() == at::kFloat && residual->numel() == x.numel(), "residual must match x");
-    h = (h + residual->reshape(x.sizes())).contiguous();
+    const at::Tensor r = residual->contiguous();
+    at::Tensor sum = at::empty_like(h);
+    const float *a = h.const_data_ptr<float>(), *b = r.const_data_ptr<float>();
+    float* o = sum.mutable_data_ptr<float>();
+    for (int64_t i = 0; i < h.numel(); ++i) o[i] = a[i] + b[i];
+    h = sum;
   }
   at::Tensor out = at::empty_like(h);
   const int64_t rows = h.numel() / std::max<int64_t>(1, H);
@@ -222,8 +227,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const std::
   float* op = out.mutable_data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
     const float* v = hp + r * H;
-    const float ss = dot(v, v, H);
-    const float scale = 1.0f / std::sqrt(ss / H + (float)eps);
+    const float scale = 1.0f / std::sqrt(dot(v, v, H) / H + (float)eps);
     for (int64_t i = 0; i < H; ++i) op[r * H + i] = w[i] * (v[i] * scale);
   }
   return {h, out};
