@@ -117,11 +117,9 @@ class Mamba2Mixer(nn.Module):
             state.conv[i] = conv = conv.contiguous()
         if not ssm.is_contiguous():
             state.ssm[i] = ssm = ssm.contiguous()
-        lo, hi = self.cfg.time_step_limit
-        zxbcdt = cpu.linear(x, self.in_proj.weight, self.in_proj.bias)
-        y = cpu.mamba_step(zxbcdt, conv, ssm, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, self.D,
-                           self.norm.weight, self.cfg.n_groups, self.norm.eps, lo, hi)
-        return cpu.linear(y, self.out_proj.weight, self.out_proj.bias)
+        return cpu.mamba_step(x, self.in_proj.weight, self.in_proj.bias, conv, ssm, self.conv1d.weight, self.conv1d.bias,
+                              self.dt_bias, self.A_log, self.D, self.norm.weight, self.out_proj.weight,
+                              self.out_proj.bias, self.cfg.n_groups, self.norm.eps, *self.cfg.time_step_limit)
 
 
 class Attention(nn.Module):

@@ -108,42 +108,34 @@ def test_add_rms_norm(H, gen):
     assert_close(y, reference(ref_norm.rms_norm, x, w, 1e-5), "norm without residual")
 
 
-MAMBA_CASES = {   # b, heads, head_dim, state, groups, conv bias, dt limits
-    "plain": (1, 4, 8, 16, 2, True, (0.0, math.inf)),
-    "batch-one-group": (3, 4, 8, 24, 1, False, (0.0, math.inf)),
-    "dt-limits": (2, 8, 4, 16, 4, True, (0.05, 0.3)),
+MAMBA_CASES = {   # b, heads, head_dim, state, groups, conv bias, projection biases, dt limits
+    "plain": (1, 4, 8, 16, 2, True, False, (0.0, math.inf)),
+    "batch-one-group-biases": (3, 4, 8, 24, 1, False, True, (0.0, math.inf)),
+    "dt-limits": (2, 8, 4, 16, 4, True, False, (0.05, 0.3)),
 }
 
 
 @pytest.mark.parametrize("case", list(MAMBA_CASES))
-def test_mamba_step_equals_the_pytorch_layer(case, gen):
-    """From in_proj's output to out_proj's input, as Mamba2Mixer.forward computes it at T = 1."""
-    b, h, p, n, g, conv_bias, (lo, hi) = MAMBA_CASES[case]
-    d_inner, K = h * p, 4
-    c = d_inner + 2 * g * n
-    zxbcdt = rand(b, d_inner + c + h, gen=gen)
-    conv_state, ssm = rand(b, c, K - 1, gen=gen), rand(b, h, p, n, gen=gen)
-    conv_w, cb = rand(c, 1, K, scale=0.5, gen=gen), rand(c, gen=gen) if conv_bias else None
-    dt_bias, A_log, D, norm_w = rand(h, gen=gen), rand(h, scale=0.5, gen=gen), rand(h, gen=gen), rand(d_inner, gen=gen)
-
-    def ref():
-        cs, st = conv_state.clone(), ssm.clone()
-        with kernels_mode("torch"):
-            z, xBC, dt = zxbcdt[:, None].split([d_inner, c, h], dim=-1)
-            xBC, cs = ref_mamba.causal_conv1d(xBC, cs, conv_w, cb)
-            xs, B, C = xBC[:, 0].split([d_inner, g * n, g * n], dim=-1)
-            dt = F.softplus(dt[:, 0] + dt_bias).clamp(lo, hi)
-            y = ref_mamba.ssd_step(st, xs.reshape(b, h, p), dt, -torch.exp(A_log), B.reshape(b, g, n),
-                                   C.reshape(b, g, n), D)
-            y = ref_norm.gated_rms_norm(y.reshape(b, d_inner), z[:, 0], norm_w, d_inner // g, 1e-5)
-        return y, cs, st
-
-    want, want_conv, want_ssm = ref()
-    cs, st = conv_state.clone(), ssm.clone()
-    got = cpu.mamba_step(zxbcdt, cs, st, conv_w, cb, dt_bias, A_log, D, norm_w, g, 1e-5, lo, hi)
+def test_mamba_step_equals_the_pytorch_mixer(case, gen):
+    """Mamba2Mixer.step (one kernel call) against its forward at T = 1, states included."""
+    from engine.model import Mamba2Mixer
+    b, h, p, n, g, conv_bias, proj_bias, limits = MAMBA_CASES[case]
+    cfg = DecoderConfig(vocab_size=8, hidden_size=24, pattern="M", mamba_num_heads=h, mamba_head_dim=p, ssm_state_size=n,
+                        n_groups=g, use_conv_bias=conv_bias, mamba_proj_bias=proj_bias, time_step_limit=limits)
+    mixer = Mamba2Mixer(cfg).requires_grad_(False)
+    for t in mixer.parameters():
+        t.copy_(rand(*t.shape, scale=0.5, gen=gen))
+    state = State.empty("M", cfg, batch=b)
+    state.conv[0].copy_(rand(*state.conv[0].shape, gen=gen))
+    state.ssm[0].copy_(rand(*state.ssm[0].shape, gen=gen))
+    x = rand(b, 24, gen=gen)
+    ref = State.stack([state.row(r) for r in range(b)])            # a copy of the states
+    with kernels_mode("torch"):
+        want = mixer(x[:, None], ref, 0)[:, 0]
+    got = mixer.step(x, state, 0)
     assert_close(got, want, "y")
-    assert_close(cs, want_conv, "conv state")
-    assert_close(st, want_ssm, "ssm state")
+    assert_close(state.conv[0], ref.conv[0], "conv state")
+    assert_close(state.ssm[0], ref.ssm[0], "ssm state")
 
 
 # ---- MoE ------------------------------------------------------------------------------------
@@ -182,6 +174,39 @@ def test_decode_attention(H, Hkv, D, lengths, gen):
     want = reference(ref_attention.causal_attention, q, keys, values, offsets)
     assert_close(cpu.decode_attention(q, keys, values, lengths), want, "attention")
     assert_close(ref_attention.causal_attention(q, keys, values, offsets), want, "dispatched")
+
+
+# ---- threads ----------------------------------------------------------------------------------
+def test_threads_split_the_work_without_changing_results(gen):
+    """Above a few hundred KB the loops run on all threads: the same bits as on one."""
+    x, w = rand(3, 512, gen=gen), rand(700, 512, gen=gen)                  # 1.4 MB of weights
+    b, h, p, n, g, H = 2, 16, 32, 64, 4, 64                                # 1 MB of SSM state
+    d_inner = h * p
+    c = d_inner + 2 * g * n
+    xm, conv, ssm = rand(b, H, gen=gen), rand(b, c, 3, gen=gen), rand(b, h, p, n, gen=gen)
+    in_w, out_w = rand(d_inner + c + h, H, scale=0.1, gen=gen), rand(H, d_inner, scale=0.1, gen=gen)
+    q, K, V = rand(2, 8, 1, 64, gen=gen), rand(2, 2, 600, 64, gen=gen), rand(2, 2, 600, 64, gen=gen)
+
+    gen1 = lambda: torch.Generator().manual_seed(5)                        # noqa: E731
+
+    def run():
+        cs, st = conv.clone(), ssm.clone()
+        y = cpu.mamba_step(xm, in_w, None, cs, st, rand(c, 1, 4, gen=gen1()), None, torch.ones(h), torch.zeros(h),
+                           torch.ones(h), torch.ones(d_inner), out_w, None, g, 1e-5, 0.0, math.inf)
+        return (cpu.linear(x, w), y, st,
+                cpu.decode_attention(q, K, V, [600, 333]))
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(saved)
+    for a, b_ in zip(one, two):
+        assert torch.equal(a, b_)
+    assert_close(one[0], F.linear(x, w), "linear")
 
 
 # ---- whole decoders -------------------------------------------------------------------------

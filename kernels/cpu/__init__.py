@@ -132,12 +132,12 @@ def add_rms_norm(x, residual, weight, eps: float):
     return _ops.add_rms_norm(x, residual, weight, eps)
 
 
-def mamba_step(zxbcdt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
-               n_groups: int, eps: float, dt_min: float, dt_max: float):
-    """Mamba2 at one token per row, from in_proj's output to out_proj's input; the conv and SSM
-    states (contiguous) are updated in place."""
-    return _ops.mamba_step(zxbcdt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
-                           n_groups, eps, dt_min, dt_max)
+def mamba_step(x, in_weight, in_bias, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D,
+               norm_weight, out_weight, out_bias, n_groups: int, eps: float, dt_min: float, dt_max: float):
+    """NemotronH's Mamba2 mixer at one token per row: normed x (b, H) -> (b, H), in_proj to
+    out_proj; the conv and SSM states (contiguous) are updated in place."""
+    return _ops.mamba_step(x, in_weight, in_bias, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D,
+                           norm_weight, out_weight, out_bias, n_groups, eps, dt_min, dt_max)
 
 
 def route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling):

@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const std::
 // reads; conv_state (b, conv_dim, K-1) and ssm_state (b, h, p, n) are updated in place. As
 // engine/model.py's Mamba2Mixer at T = 1: causal_conv1d, softplus(dt + dt_bias) clamped,
 // ssd_step, gated_rms_norm.
-at::Tensor mamba_step(const at::Tensor& zxbcdt, const at::Tensor& conv_state, const at::Tensor& ssm_state,
+at::Tensor mamba_core(const at::Tensor& zxbcdt, const at::Tensor& conv_state, const at::Tensor& ssm_state,
                       const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
                       const at::Tensor& dt_bias, const at::Tensor& A_log, const at::Tensor& D,
                       const at::Tensor& norm_weight, int64_t n_groups, double eps, double dt_min, double dt_max) {
@@ -329,6 +329,18 @@ at::Tensor mamba_step(const at::Tensor& zxbcdt, const at::Tensor& conv_state, co
     }
   });
   return y;
+}
+
+// The whole mixer for normed x (b, H): in_proj, the step above, out_proj.
+at::Tensor mamba_step(const at::Tensor& x, const at::Tensor& in_weight, const std::optional<at::Tensor>& in_bias,
+                      const at::Tensor& conv_state, const at::Tensor& ssm_state, const at::Tensor& conv_weight,
+                      const std::optional<at::Tensor>& conv_bias, const at::Tensor& dt_bias, const at::Tensor& A_log,
+                      const at::Tensor& D, const at::Tensor& norm_weight, const at::Tensor& out_weight,
+                      const std::optional<at::Tensor>& out_bias, int64_t n_groups, double eps, double dt_min,
+                      double dt_max) {
+  at::Tensor y = mamba_core(linear(x, in_weight, in_bias, NONE), conv_state, ssm_state, conv_weight, conv_bias, dt_bias,
+                            A_log, D, norm_weight, n_groups, eps, dt_min, dt_max);
+  return linear(y, out_weight, out_bias, NONE);
 }
 
 // ---- MoE ----------------------------------------------------------------------------------
@@ -577,9 +589,10 @@ TORCH_LIBRARY(omnistream_cpu, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias, int act) -> Tensor", &linear);
   m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases, int[] acts) -> Tensor[]", &linears);
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm);
-  m.def("mamba_step(Tensor zxbcdt, Tensor(a!) conv_state, Tensor(b!) ssm_state, Tensor conv_weight, "
-        "Tensor? conv_bias, Tensor dt_bias, Tensor A_log, Tensor D, Tensor norm_weight, int n_groups, float eps, "
-        "float dt_min, float dt_max) -> Tensor", &mamba_step);
+  m.def("mamba_step(Tensor x, Tensor in_weight, Tensor? in_bias, Tensor(a!) conv_state, Tensor(b!) ssm_state, "
+        "Tensor conv_weight, Tensor? conv_bias, Tensor dt_bias, Tensor A_log, Tensor D, Tensor norm_weight, "
+        "Tensor out_weight, Tensor? out_bias, int n_groups, float eps, float dt_min, float dt_max) -> Tensor",
+        &mamba_step);
   m.def("route(Tensor logits, Tensor correction_bias, int top_k, int n_group, int topk_group, bool norm_topk_prob, "
         "float scaling) -> (Tensor, Tensor)", &route);
   m.def("decode_attention(Tensor q, Tensor(a!) keys, Tensor(b!) values, int[] lengths, Tensor? new_k=None, "
