@@ -43,7 +43,7 @@ def test_cached_features_through_the_projectors_are_what_eval_reads(data):
     trainer = Trainer(decoder, vision, audio, tok)
     clip = clips[0]
     with torch.no_grad():
-        ours = trainer.prefix(clip)
+        ours, ids = trainer.prefix(clip)
     omni = OmniModel.load(tok_dir)
     chunks = media_chunks(omni, folder / "clips" / f"{clip.clip_id}.mp4")
     assert [(c.modality, c.label) for c in chunks] == [(m["modality"], m["label"]) for m in clip.meta]
@@ -53,8 +53,10 @@ def test_cached_features_through_the_projectors_are_what_eval_reads(data):
     with torch.inference_mode():
         ref = torch.cat([omni.decoder.embed(torch.tensor([tok.encode(stream_header())]))[0]]
                         + [chunk_input(c, tok, omni.decoder.embed, ph[c.modality]) for c in chunks])
-    assert ours.shape == ref.shape
+    assert ours.shape == ref.shape and ids.shape == (ours.shape[0],)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    media = (ids == 18) | (ids == 27)
+    torch.testing.assert_close(ours[~media], omni.decoder.embed(ids[~media]), atol=0, rtol=0)
 
 
 def test_shared_prefix_batch_equals_separate_sequences(data):

@@ -98,18 +98,20 @@ class TrainConfig:
 
     seed: int = 0
     # data: clip lengths (seconds) and how many clips of each band, all from `seed`
-    train_bands: tuple = ((20.0, 60.0, 240), (60.0, 120.0, 120), (120.0, 180.0, 60))
+    train_bands: tuple = ((20.0, 30.0, 300), (30.0, 90.0, 120), (90.0, 180.0, 40))
+    band_start: tuple = (0.0, 0.3, 0.6)    # progress at which each band joins the training mix
     fps: float = 1.0                    # video frames sampled a second (tubelets of 2 frames: one per 2 s)
     audio_clip_s: float = 2.0           # audio chunk length of the streaming layout
     # optimisation
-    steps: int = 1500                   # optimisation steps (one clip each): fixed, so a seed gives the same weights
+    steps: int = 2400                   # optimisation steps (one clip each): fixed, so a seed gives the same weights
     minutes: float = 0.0                # optional wall-clock guard of the loop (0: none); stopping early is logged
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 60
+    warmup_steps: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
+    context_weight: float = 0.2         # weight of the read text's tokens (labels, questions, options) in the loss
     timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
@@ -127,6 +129,7 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["train_bands"] = [list(b) for b in self.train_bands]
+        d["band_start"] = list(self.band_start)
         return d
 
     @property

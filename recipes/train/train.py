@@ -108,10 +108,12 @@ class Batch:
         width = max(len(p) + len(t) for p, t in rows)
         self.ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         self.target = torch.full((len(rows), width), -100, dtype=torch.long)   # label at each input position
+        self.context = torch.full((len(rows), width), -100, dtype=torch.long)  # the prompt's own next tokens
         for r, (p, t) in enumerate(rows):
             seq = p + t
             self.ids[r, :len(seq)] = torch.tensor(seq)
             self.target[r, len(p) - 1:len(seq) - 1] = torch.tensor(t)         # position j predicts token j + 1
+            self.context[r, :len(p) - 1] = torch.tensor(p[1:])
 
     @property
     def num_targets(self) -> int:
@@ -133,15 +135,18 @@ class Trainer:
             self._suffix_cache[key] = (self.tok.encode(question_tail(question)), self.tok.encode(target) + [self.end])
         return self._suffix_cache[key]
 
-    def prefix(self, clip: Clip, evs_rate: float = 0.0) -> torch.Tensor:
-        """(P, D) decoder input of the clip's session, through the projectors."""
+    def prefix(self, clip: Clip, evs_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, D) decoder input of the clip's session, through the projectors, and its (P,) token
+        ids (media positions hold their placeholder ids)."""
         video = self.vision.mlp1(clip.video)
         audio = self.audio.projection(clip.audio)
         keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         embed = self.decoder.embed
+        chunks = clip.chunks(video, audio, keep)
         parts = [embed(torch.tensor([self.header]))[0]]
-        parts += [chunk_input(c, self.tok, embed, self.placeholder[c.modality]) for c in clip.chunks(video, audio, keep)]
-        return torch.cat(parts)
+        parts += [chunk_input(c, self.tok, embed, self.placeholder[c.modality]) for c in chunks]
+        ids = self.header + [i for c in chunks for i in self.tok.encode(c.text())]
+        return torch.cat(parts), torch.tensor(ids)
 
     def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
         return [self.suffix(it["question_id"], *prompt_and_target(it)) for it in items]
@@ -149,11 +154,20 @@ class Trainer:
     def timeline_row(self, clip: Clip) -> tuple[list[int], list[int]]:
         return self.suffix(clip.clip_id + "/timeline", *timeline_prompt_and_target(clip.timeline))
 
-    def loss(self, clip: Clip, items: list[dict], timeline: bool, evs_rate: float = 0.0) -> tuple[torch.Tensor, dict]:
-        """Mean target-token cross-entropy of the clip's items (and its timeline item, weighted)."""
-        x = self.prefix(clip, evs_rate)
+    def loss(self, clip: Clip, items: list[dict], timeline: bool, evs_rate: float = 0.0,
+             context_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """Mean target-token cross-entropy of the clip's items (and its timeline item, weighted).
+        With `context_weight`, the text the model reads (frame and audio labels, questions with their
+        options) is predicted too, at that weight per token: free signal, those tokens are run anyway."""
+        x, ids = self.prefix(clip, evs_rate)
         state = self.decoder.new_state()
-        decoder_forward(self.decoder, state, inputs_embeds=x[None], logits="none")
+        out = decoder_forward(self.decoder, state, inputs_embeds=x[None], logits="none")
+        context_nll, context_n = 0.0, 0
+        if context_weight:
+            nxt = ids[1:]
+            text = (nxt != self.placeholder["video"]) & (nxt != self.placeholder["audio"])
+            context_nll = F.cross_entropy(self.decoder.lm_head(out.hidden[0, :-1][text]).float(), nxt[text], reduction="sum")
+            context_n = int(text.sum())
         parts = []
         rows = sorted(self.rows(clip, items), key=lambda r: len(r[0]) + len(r[1]))
         half = len(rows) // 2 if len(rows) >= 8 else 0          # two batches by length: less padding
@@ -170,6 +184,11 @@ class Trainer:
             where = batch.target != -100
             logits = self.decoder.lm_head(out.hidden[where]).float()
             nll = F.cross_entropy(logits, batch.target[where], reduction="sum")
+            if context_weight:
+                ctx = batch.context != -100
+                context_nll = context_nll + F.cross_entropy(self.decoder.lm_head(out.hidden[ctx]).float(),
+                                                            batch.context[ctx], reduction="sum")
+                context_n += int(ctx.sum())
             n = batch.num_targets
             stats[f"{name}_loss"] = stats.get(f"{name}_loss", 0.0) + float(nll.detach())
             stats[f"{name}_tokens"] = stats.get(f"{name}_tokens", 0) + n
@@ -179,6 +198,9 @@ class Trainer:
         for name in ("qa", "timeline"):
             if stats.get(f"{name}_tokens"):
                 stats[f"{name}_loss"] /= stats[f"{name}_tokens"]
+        if context_n:
+            stats["context_loss"] = float(context_nll.detach()) / context_n
+            total = total + context_weight * context_nll
         return total / weight, stats
 
 
@@ -186,6 +208,29 @@ def _draw_evs(cfg, rng: random.Random) -> float:
     if rng.random() >= cfg.evs_share:
         return 0.0
     return round(rng.uniform(*cfg.evs_rates), 2)
+
+
+class ClipSampler:
+    """Clips in shuffled passes, by length band: band k joins once the run's progress reaches
+    `band_start[k]` (short clips first: cheap steps while the basics are learnt), then every
+    unlocked band is drawn in proportion to its clips."""
+
+    def __init__(self, clips: list[Clip], cfg, rng: random.Random):
+        self.rng = rng
+        self.bands: list[list[Clip]] = [[] for _ in cfg.train_bands]
+        for c in clips:                  # the first band that holds its length (else the first band)
+            k = next((k for k, (lo, hi, _) in enumerate(cfg.train_bands) if lo <= c.duration <= hi), 0)
+            self.bands[k].append(c)
+        self.starts = (list(cfg.band_start) + [0.0] * len(self.bands))[:len(self.bands)]
+        self.queues: list[list[Clip]] = [[] for _ in self.bands]
+
+    def next(self, progress: float) -> Clip:
+        open_ = [k for k, b in enumerate(self.bands) if b and self.starts[k] <= progress] or [0]
+        k = self.rng.choices(open_, weights=[len(self.bands[j]) for j in open_])[0]
+        if not self.queues[k]:
+            self.queues[k] = list(self.bands[k])
+            self.rng.shuffle(self.queues[k])
+        return self.queues[k].pop()
 
 
 def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: list[Clip] = (),
@@ -206,7 +251,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     d.train()
     load = ExpertLoad(d)
     steps = cfg.steps
-    order: list[int] = []
+    sampler = ClipSampler(clips, cfg, rng)
     start = time.perf_counter()
     deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
     stopped_early = False
@@ -217,10 +262,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             if time.perf_counter() > deadline:
                 stopped_early = True
                 break
-            if not order:
-                order = list(range(len(clips)))
-                rng.shuffle(order)
-            clip = clips[order.pop()]
+            clip = sampler.next(step / max(1, steps))
             items = clip.items if len(clip.items) <= cfg.max_questions else rng.sample(clip.items, cfg.max_questions)
             evs_rate = _draw_evs(cfg, rng)
             lr = cfg.lr_at(step, step / max(1, steps - 1))
@@ -228,7 +270,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                 g["lr"] = lr
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
-            loss, stats = trainer.loss(clip, items, timeline, evs_rate)
+            loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
