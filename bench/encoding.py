@@ -87,18 +87,18 @@ def token_budget() -> dict:
 # towers with random weights
 # ------------------------------------------------------------------------------------------------
 def default_tower_configs() -> tuple[VisionConfig, AudioConfig, str]:
-    """The bundled default model's tower configs; the test fixture's tiny sizes if it has none."""
+    """The bundled default model's tower configs (from recipes/train/config.py, the shape it is
+    trained at, while assets/ still holds the text-only placeholder)."""
     from engine.config import read_config_json
     from encoders.vision import read_processor_config
     raw, _ = read_config_json(DEFAULT_MODEL)
     if "vision_config" in raw and (raw.get("audio_config") or raw.get("sound_config")):
         return (VisionConfig.from_dict(raw, read_processor_config(DEFAULT_MODEL)), AudioConfig.from_dict(raw),
                 "the bundled default model")
-    tiny_v = dict(hidden_size=64, num_layers=2, num_heads=2, mlp_hidden=256, projector_hidden_size=128,
-                  llm_hidden_size=64, pos_grid=16, num_cls_tokens=2, num_registers=2, video_target_num_patches=256)
-    tiny_a = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, head_dim=32, intermediate_size=128,
-                  subsampling_conv_channels=16, projection_hidden_size=96, llm_hidden_size=64)
-    return VisionConfig(**tiny_v), AudioConfig(**tiny_a), "tiny (the default model has no towers yet)"
+    from recipes.train.config import omni_config, processor_config
+    raw = omni_config()
+    return (VisionConfig.from_dict(raw, processor_config()), AudioConfig.from_dict(raw),
+            "the default model's shape (recipes/train/config.py)")
 
 
 @torch.no_grad()
