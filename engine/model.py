@@ -226,6 +226,7 @@ class MLP(nn.Module):
         return self.down_proj(F.relu(self.up_proj(x)).square())
 
     def step(self, x, state=None, i=None):
+        """A few tokens x (N, H) on the CPU kernels."""
         h = cpu.linear(x, self.up_proj.weight, self.up_proj.bias, cpu.RELU2)
         return cpu.linear(h, self.down_proj.weight, self.down_proj.bias)
 
@@ -272,6 +273,7 @@ class MoE(nn.Module):
         return h.view_as(x) + self.shared_experts(x)
 
     def step(self, x, state=None, i=None):
+        """A few tokens x (N, H) on the CPU kernels: one call without a latent projection."""
         cfg, sh = self.cfg, self.shared_experts
         routing = (cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group, cfg.norm_topk_prob, cfg.routed_scaling_factor)
         if not cfg.moe_latent_size:

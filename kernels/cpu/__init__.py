@@ -141,17 +141,13 @@ def mamba_step(x, in_weight, in_bias, conv_state, ssm_state, conv_weight, conv_b
 
 
 def route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling):
+    """kernels.moe.route for a few rows of fp32 logits: (expert ids, weights), best first."""
     return _ops.route(logits, correction_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
 
 
 def grouped_experts(x, ids, weights, up, down):
+    """kernels.moe.grouped_experts for a few tokens: each hit expert reads its weights once."""
     return _ops.grouped_experts(x, ids, weights, up, down)
-
-
-def decode_attention(q, keys, values, lengths: list[int], new_k=None, new_v=None):
-    """causal_attention for one query per row: row r sees its first lengths[r] keys. With new_k
-    and new_v (b, Hkv, D), those are written into keys / values at lengths[r] - 1 first."""
-    return _ops.decode_attention(q, keys, values, lengths, new_k, new_v)
 
 
 def moe_step(x, gate_weight, correction_bias, up, down, shared_up, shared_up_bias, shared_down, shared_down_bias,
@@ -160,3 +156,9 @@ def moe_step(x, gate_weight, correction_bias, up, down, shared_up, shared_up_bia
     experts and the shared expert, in three parallel loops; fp32 (N, H)."""
     return _ops.moe_step(x, gate_weight, correction_bias, up, down, shared_up, shared_up_bias, shared_down,
                          shared_down_bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
+
+
+def decode_attention(q, keys, values, lengths: list[int], new_k=None, new_v=None):
+    """causal_attention for one query per row: row r sees its first lengths[r] keys. With new_k
+    and new_v (b, Hkv, D), those are written into keys / values at lengths[r] - 1 first."""
+    return _ops.decode_attention(q, keys, values, lengths, new_k, new_v)
