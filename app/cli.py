@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "encoder":
             return encoder_command(args)
         if args.command == "eval":
-            return __import__("app.evaluate").evaluate.eval_command(args)
+            from app.evaluate import eval_command
+            return eval_command(args)
         return generate_command(args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

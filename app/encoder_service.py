@@ -4,7 +4,8 @@ It reads `Media` and `Control` messages from a link (app/link.py), runs the towe
 worker thread, and sends back each chunk as soon as it is encoded, with the session, modality
 and media time span:
 
-    live audio      float32 16 kHz samples -> AudioStream clips of `clip_s` seconds
+    live audio      float32 16 kHz samples -> AudioStream clips of `clip_s` seconds, each labelled
+                    with its span (fusion.stream.audio_chunk_label)
     camera frames   JPEG / PNG on the session clock -> tubelets of `temporal_patch` frames
                     -> vision tower -> causal EVS (EvsStream)
     files           an image, an audio file, a video (with its audio track): decoded and encoded
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusion.stream import ChunkMerger, EmbeddingChunk, EvsStream
+from fusion.stream import ChunkMerger, EmbeddingChunk, EvsStream, audio_chunk_label
 
 from .link import Control, LinkClosed, LinkError, Media, connect_link
 
@@ -166,7 +167,8 @@ class EncoderService:
 
     # ---- live audio -------------------------------------------------------------------------------
     def _audio_chunk(self, sid, live, c) -> EmbeddingChunk:
-        return self._chunk(sid, live, "audio", live.audio_offset_s + c.t0, live.audio_offset_s + c.t1, "", c.embeddings)
+        t0, t1 = live.audio_offset_s + c.t0, live.audio_offset_s + c.t1
+        return self._chunk(sid, live, "audio", t0, t1, audio_chunk_label(t0, t1), c.embeddings)
 
     def _live_audio(self, sid: str, live: _Live, data: bytes):
         if self.audio is None:
@@ -260,7 +262,9 @@ class EncoderService:
             frames = media.iter_video_frames(path, fps=fps, max_frames=int(msg.meta.get("max_frames", self.max_file_frames)))
             streams.append(("video", self._file_video(sid, live, frames)))
         if want_audio:
-            stream = AudioStream(self.audio)                          # whole 30 s clips, as the reference
+            # clips of the session's length, each labelled with its span: the streaming layout the
+            # default model is trained on (recipes/train, app/evaluate.py)
+            stream = AudioStream(self.audio, float(live.config.get("clip_s", self.clip_s)))
             streams.append(("audio", self._file_audio(sid, live, stream, media.iter_audio(path, chunk_seconds=5.0))))
         # interleave the two producers by media time, report progress as the slower one moves
         done = {m: 0.0 for m, _ in streams}
@@ -313,11 +317,11 @@ class EncoderService:
     def _file_audio(self, sid, live, stream, pieces):
         seq = 0
         for piece in pieces:
-            for c in stream.push(piece) :
-                yield EmbeddingChunk(sid, "audio", c.t0, c.t1, "", c.embeddings, seq)
+            for c in stream.push(piece):
+                yield EmbeddingChunk(sid, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, seq)
                 seq += 1
         for c in stream.flush():
-            yield EmbeddingChunk(sid, "audio", c.t0, c.t1, "", c.embeddings, seq)
+            yield EmbeddingChunk(sid, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, seq)
             seq += 1
 
 
