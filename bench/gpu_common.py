@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +12,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch
+
+from kernels import kernels_mode  # noqa: E402
 
 # Nemotron 3 Nano 30B-A3B decoder sizes (the layer shapes the benchmarks use).
 NANO = dict(vocab_size=131072, hidden_size=2688, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
@@ -62,15 +62,4 @@ def bench_ms(fn, device, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-@contextmanager
-def kernels(mode: str):
-    """OMNISTREAM_KERNELS=mode within the block ('torch': the PyTorch path, 'auto': the kernels on CUDA)."""
-    saved = os.environ.get("OMNISTREAM_KERNELS")
-    os.environ["OMNISTREAM_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("OMNISTREAM_KERNELS", None)
-        else:
-            os.environ["OMNISTREAM_KERNELS"] = saved
+kernels = kernels_mode      # OMNISTREAM_KERNELS=mode within a block (kernels/__init__.py)

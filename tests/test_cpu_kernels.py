@@ -10,7 +10,6 @@ the kernels) and the fallback when no compiler is found.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import subprocess
@@ -31,6 +30,7 @@ from kernels import cpu
 from kernels import mamba as ref_mamba
 from kernels import moe as ref_moe
 from kernels import norm as ref_norm
+from kernels import kernels_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 REL_TOL = 2e-5     # max abs error relative to the reference's largest magnitude (fp32)
@@ -40,19 +40,6 @@ REL_TOL = 2e-5     # max abs error relative to the reference's largest magnitude
 def built():
     """The kernels must build here (CI installs build-essential): no silent skip."""
     assert cpu.ops() is not None, "kernels/cpu did not build (see the RuntimeWarning)"
-
-
-@contextlib.contextmanager
-def kernels_mode(mode: str):
-    saved = os.environ.get("OMNISTREAM_KERNELS")
-    os.environ["OMNISTREAM_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("OMNISTREAM_KERNELS")
-        else:
-            os.environ["OMNISTREAM_KERNELS"] = saved
 
 
 def reference(fn, *args, **kwargs):

@@ -11,8 +11,6 @@ the kernels (OMNISTREAM_KERNELS=triton) and must equal the PyTorch path.
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 import pytest
 import torch
@@ -27,24 +25,12 @@ from kernels import mamba as ref_mamba
 from kernels import moe as ref_moe
 from kernels import norm as ref_norm
 from kernels.triton import attention, conv, evs, moe, norm, ssd
+from kernels import kernels_mode
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 # Max abs error allowed, relative to the reference's largest magnitude.
 REL_TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-@contextlib.contextmanager
-def kernels_mode(mode: str):
-    saved = os.environ.get("OMNISTREAM_KERNELS")
-    os.environ["OMNISTREAM_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("OMNISTREAM_KERNELS")
-        else:
-            os.environ["OMNISTREAM_KERNELS"] = saved
 
 
 def reference(fn, *args, **kwargs):
