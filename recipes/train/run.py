@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from app.evaluate import question_prompt
 
+from .card import write_model_card
 from .config import VOCAB_SIZE, TrainConfig
 
 EVS_EVAL_RATE = 0.7
@@ -91,8 +93,15 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
     tok = Tokenizer.from_dir(out)
     raw, decoder, vision, audio = new_model(cfg.seed, VOCAB_SIZE)
     trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
+
+    def snapshot(steps_done: int) -> None:
+        folder = data_dir / "snapshots" / f"step{steps_done}"
+        save_omni(folder, raw, decoder, vision, audio)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(out / name, folder / name)
+
     summary = train(trainer, clips, cfg, out / "train_log.jsonl", val_clips, val_every=max(1, cfg.steps // 10),
-                    progress=progress)
+                    progress=progress, snapshot=snapshot)
     times["train_s"] = round(time.perf_counter() - t, 1)
     save_omni(out, raw, decoder, vision, audio)
     curves = loss_curves(out / "train_log.jsonl", out)
@@ -135,6 +144,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
     times["total_s"] = round(time.perf_counter() - t0, 1)
     metrics["timings"] = times
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_model_card(out)
     return metrics
 
 
@@ -185,11 +195,16 @@ def main(argv=None) -> int:
     r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
     r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    c = sub.add_parser("card", help="write the model card (README.md) of a run's folder from its metrics.json")
+    c.add_argument("--out", type=Path, required=True)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     try:
+        if args.command == "card":
+            print(f"wrote {write_model_card(args.out)}")
+            return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")
             return 0

@@ -234,8 +234,10 @@ class ClipSampler:
 
 
 def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: list[Clip] = (),
-          val_every: int = 100, progress: bool = True) -> dict:
-    """Run the optimisation; write one JSON line per step to `log_path`; return a summary."""
+          val_every: int = 100, progress: bool = True, snapshot=None) -> dict:
+    """Run the optimisation; write one JSON line per step to `log_path`; return a summary.
+    `snapshot(steps_done)`, if given, is called at each validation point (it writes the weights so
+    far: a run that is stopped still leaves a checkpoint to evaluate)."""
     from tqdm import tqdm
 
     from .model import trainable_parameters
@@ -282,10 +284,12 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                    **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
             if val_clips and (step + 1) % val_every == 0 or val_clips and step + 1 == steps:
                 rec["val_loss"] = round(validate(trainer, val_clips, cfg), 5)
+                if snapshot is not None:
+                    snapshot(step + 1)
                 d.train()
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            recent = (recent + [float(loss)])[-20:]
+            recent = (recent + [float(loss.detach())])[-20:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", imb=f"{imbalance:.2f}")
             bar.update(1)
     load.remove()
