@@ -50,6 +50,56 @@ def frame_label(numbers: list[int], times: list[float]) -> str:
     return " and ".join(parts) + ": "
 
 
+def tubelet_chunks(vision, frames, temporal_patch: int = 2, evs_rate: float = 0.0, session: str = "",
+                   batch: int = 1):
+    """(time s, uint8 [H, W, 3]) frames -> one EmbeddingChunk per tubelet of `temporal_patch`
+    frames, labelled with its frame numbers and times (frame_label), with EVS applied causally
+    tubelet by tubelet (EvsStream). `batch` tubelets go through the vision tower at once; a short
+    last tubelet has its last frame repeated by the tower."""
+    evs = EvsStream(evs_rate)
+    seq = 0
+
+    def encode(group):          # group: tubelets, each a list of (time, frame)
+        nonlocal seq
+        flat = [f for tub in group for _, f in tub]
+        if any(f.shape != flat[0].shape for f in flat):
+            raise ValueError("video: frames change size; resolution changes are not supported")
+        emb = vision.encode_video(torch.stack(flat))                       # (len(group), n, D)
+        for tub, e in zip(group, emb):
+            keep = evs.keep_mask(e[None])[0]
+            times = [t for t, _ in tub]
+            first = seq * temporal_patch + 1
+            yield EmbeddingChunk(session, "video", times[0], times[-1],
+                                 frame_label(list(range(first, first + len(tub))), times), e[keep], seq)
+            seq += 1
+
+    pending, tubelet = [], []
+    for t, frame in frames:
+        tubelet.append((t, frame))
+        if len(tubelet) == temporal_patch:
+            pending.append(tubelet)
+            tubelet = []
+            if len(pending) == batch:
+                yield from encode(pending)
+                pending = []
+    if pending:
+        yield from encode(pending)
+    if tubelet:
+        yield from encode([tubelet])
+
+
+def audio_clip_chunks(stream, pieces, session: str = ""):
+    """16 kHz mono pieces through an AudioStream (encoders.audio) -> one EmbeddingChunk per clip,
+    labelled with its time span (fusion.stream.audio_chunk_label)."""
+    def clips():
+        for piece in pieces:
+            yield from stream.push(piece)
+        yield from stream.flush()
+
+    for seq, c in enumerate(clips()):
+        yield EmbeddingChunk(session, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, seq)
+
+
 @dataclass
 class _Live:
     """One session's streaming state on this encoder."""
@@ -292,37 +342,11 @@ class EncoderService:
         yield Control(sid, "item_done", {"item_id": item, "tokens": tokens, "duration_ms": int(1000 * total)})
 
     def _file_video(self, sid, live, frames):
-        seq, pending, number = 0, [], 0
-        evs = EvsStream(float(live.config.get("evs_rate", self.evs_rate)))
-
-        def tubelet():
-            nonlocal number, seq
-            times = [t for t, _ in pending]
-            numbers = list(range(number + 1, number + len(pending) + 1))
-            number += len(pending)
-            emb = self.vision.encode_video(torch.stack([f for _, f in pending]))
-            keep = evs.keep_mask(emb)
-            c = EmbeddingChunk(sid, "video", times[0], times[-1], frame_label(numbers, times), emb[0][keep[0]], seq)
-            seq += 1
-            return c
-
-        for t, frame in frames:
-            pending.append((t, frame))
-            if len(pending) == self.temporal_patch:
-                yield tubelet()
-                pending = []
-        if pending:
-            yield tubelet()
+        return tubelet_chunks(self.vision, frames, self.temporal_patch,
+                              float(live.config.get("evs_rate", self.evs_rate)), sid)
 
     def _file_audio(self, sid, live, stream, pieces):
-        seq = 0
-        for piece in pieces:
-            for c in stream.push(piece):
-                yield EmbeddingChunk(sid, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, seq)
-                seq += 1
-        for c in stream.flush():
-            yield EmbeddingChunk(sid, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, seq)
-            seq += 1
+        return audio_clip_chunks(stream, pieces, sid)
 
 
 async def serve_encoder(end, service: EncoderService, executor: concurrent.futures.Executor) -> None:

@@ -327,56 +327,18 @@ TUBELET_BATCH = 16       # tubelets through the vision tower at once
 
 
 def video_chunks(vision, frames, temporal_patch: int = 2, evs_rate: float = 0.0, session: str = ""):
-    """(time s, uint8 [H, W, 3]) frames -> one EmbeddingChunk per tubelet of `temporal_patch` frames,
-    labelled with its frame numbers and times as the encoder service labels them, with EVS
-    applied causally tubelet by tubelet (fusion.stream.EvsStream) as the service does."""
-    import torch
-
-    from app.encoder_service import frame_label
-    from fusion.stream import EmbeddingChunk, EvsStream
-
-    evs = EvsStream(evs_rate)
-    chunks, pending = [], []
-
-    def encode(group):          # group: list of tubelets, each a list of (time, frame)
-        flat = [f for tub in group for _, f in tub]
-        if any(f.shape != flat[0].shape for f in flat):
-            raise ValueError("video: frames change size; resolution changes are not supported")
-        emb = vision.encode_video(torch.stack(flat))                      # (len(group), n, D)
-        for tub, e in zip(group, emb):
-            keep = evs.keep_mask(e[None])[0]
-            n = len(chunks) * temporal_patch
-            times = [t for t, _ in tub]
-            chunks.append(EmbeddingChunk(session, "video", times[0], times[-1],
-                                         frame_label(list(range(n + 1, n + len(tub) + 1)), times), e[keep],
-                                         len(chunks)))
-
-    tubelet = []
-    for t, frame in frames:
-        tubelet.append((t, frame))
-        if len(tubelet) == temporal_patch:
-            pending.append(tubelet)
-            tubelet = []
-            if len(pending) == TUBELET_BATCH:
-                encode(pending)
-                pending = []
-    if pending:
-        encode(pending)
-    if tubelet:                 # a short last tubelet: its last frame is repeated by the tower
-        encode([tubelet])
-    return chunks
+    """(time s, uint8 [H, W, 3]) frames -> the EmbeddingChunks the encoder service makes of them
+    (app.encoder_service.tubelet_chunks), TUBELET_BATCH tubelets through the tower at once."""
+    from app.encoder_service import tubelet_chunks
+    return list(tubelet_chunks(vision, frames, temporal_patch, evs_rate, session, batch=TUBELET_BATCH))
 
 
 def audio_chunks(audio_tower, wave, clip_s: float = AUDIO_CLIP_S, session: str = ""):
-    """16 kHz mono samples -> one EmbeddingChunk per clip of `clip_s` seconds (encoders.audio.AudioStream),
-    each labelled with its time span (fusion.stream.audio_chunk_label)."""
+    """16 kHz mono samples -> one EmbeddingChunk per clip of `clip_s` seconds, as the encoder
+    service makes them (app.encoder_service.audio_clip_chunks)."""
+    from app.encoder_service import audio_clip_chunks
     from encoders.audio import AudioStream
-    from fusion.stream import EmbeddingChunk, audio_chunk_label
-
-    stream = AudioStream(audio_tower, clip_s)
-    pieces = stream.push(wave) + stream.flush()
-    return [EmbeddingChunk(session, "audio", c.t0, c.t1, audio_chunk_label(c.t0, c.t1), c.embeddings, i)
-            for i, c in enumerate(pieces)]
+    return list(audio_clip_chunks(AudioStream(audio_tower, clip_s), [wave], session))
 
 
 def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AUDIO_CLIP_S,
@@ -487,8 +449,6 @@ def evaluate_items(omni, items: list[Item], data_path, *, media_root=None, evs_r
 
 def eval_command(args) -> int:
     """`python -m app eval`: answer every item with the model, print the metrics table (and JSON)."""
-    import sys
-
     import torch
 
     from fusion.omni import OmniModel
