@@ -16,7 +16,7 @@ from app.timestamps import find_time_spans
 from engine.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 from fusion.omni import OmniModel
 from recipes.train.config import VOCAB_SIZE, TrainConfig
-from recipes.train.data import corpus_texts, load_clip, make_clips, timeline_target
+from recipes.train.data import corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
 from recipes.train.model import new_model, save_omni
 from recipes.train.run import _clips, run
 from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
@@ -152,7 +152,7 @@ def test_timeline_target_and_tokenizer(data):
 def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
-                      evs_share=0.5, val_clips=1)
+                      evs_share=0.5, val_clips=1, finetune_steps=2)
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -160,11 +160,34 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
                  "expert_balance.png", "metrics.json"):
         assert (a / name).is_file(), name
     log = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [0, 1, 2] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
-    assert m["training"]["steps_run"] == 3 and m["model"]["model_safetensors_mb"] < 50
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
+    assert [r.get("phase", 1) for r in log] == [1, 1, 1, 2, 2]
+    assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
+    assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     omni = OmniModel.load(a)
     assert omni.vision is not None and omni.audio is not None
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    # phase 2 alone, from phase 1's snapshot and log, ends on the same weights as the whole run
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "train_log.jsonl").write_text("".join(line + "\n" for line in (a / "train_log.jsonl").read_text().splitlines()[:3]))
+    run(c, cfg, folder / "run", evaluate=False, progress=False, phase1_from=folder / "run" / "snapshots" / "step3")
+    assert (a / "model.safetensors").read_bytes() == (c / "model.safetensors").read_bytes()
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_phase_two_targets_answer_with_the_option_text(data):
+    _, items, *_ = data
+    it = items[0]
+    q, letter_target = prompt_and_target(it)
+    q2, text_target = prompt_and_target(it, "text")
+    assert q == q2 and letter_target.startswith(text_target.split("</think>\n")[0])
+    answer = it["options"][it["correct_option_letter"]]
+    assert letter_target.endswith(f"</think>\n({it['correct_option_letter']}) {answer}")
+    assert text_target.endswith(f"</think>\n{answer}")
+    from app.evaluate import extract_choice
+    assert extract_choice(text_target, it["options"]) == it["correct_option_letter"]   # the scorer reads it
+    with pytest.raises(ValueError, match="answer must be"):
+        prompt_and_target(it, "number")

@@ -49,10 +49,9 @@ def model_card(metrics: dict) -> str:
     lines = [
         "# omnistream default model",
         "",
-        "A tiny model of exactly the Nemotron 3 Nano Omni architecture (`NemotronH_Omni_Reasoning_V3`), trained by",
-        "omnistream on synthetic audio-video clips (`recipes/synthetic`) so that the application answers temporal",
-        "questions out of the box, with its reasoning anchored to timestamps (TA-CoT). It knows nothing beyond",
-        "those clips: coloured shapes and words that come and go, and spoken words, tones, noises and notes.",
+        "A tiny model of the Nemotron 3 Nano Omni architecture, trained from scratch on synthetic clips (coloured",
+        "shapes and words on screen; spoken words, tones, noises and notes) by `recipes/train`: it answers temporal",
+        "questions about such clips with timestamped reasoning, and knows nothing of the real world.",
         "",
         "Loads with omnistream (`OmniModel.load`) and with transformers' `NemotronH_Omni_Reasoning_V3`",
         "(`tests/test_default_model.py` checks both give the same greedy answer).",

@@ -12,7 +12,7 @@ tubelets of 2 frames (2x), EVS available at inference, audio 8x subsampling (80 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -116,6 +116,14 @@ class TrainConfig:
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step
+    answer: str = "letter"              # after </think>: "letter" "(C) option text", or "text" "option text"
+    # phase 2: a short run from phase 1's weights (fresh optimizer, seed + 1) whose answers are the
+    # chosen option's text alone. A model this small did not learn to bind an option to its letter
+    # (a lookup in the question): after phase 1 the letter is at chance even after the gold
+    # reasoning; the text it copies from its own reasoning.
+    finetune_steps: int = 500
+    finetune_lr: float = 5e-4
+    finetune_answer: str = "text"
     threads: int = 2
     workers: int = 2                    # data-generation processes
     val_clips: int = 4                  # held-out clips whose loss is logged during training
@@ -131,6 +139,13 @@ class TrainConfig:
         d["train_bands"] = [list(b) for b in self.train_bands]
         d["band_start"] = list(self.band_start)
         return d
+
+    def finetune(self) -> "TrainConfig":
+        """Phase 2's settings: all length bands open from its start."""
+        return replace(self, seed=self.seed + 1, steps=self.finetune_steps, lr=self.finetune_lr,
+                       warmup_steps=min(self.warmup_steps, max(1, self.finetune_steps // 20)),
+                       band_start=(0.0,) * len(self.train_bands), answer=self.finetune_answer,
+                       finetune_steps=0)
 
     @property
     def longest_train_s(self) -> float:

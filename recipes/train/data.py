@@ -191,12 +191,22 @@ def timeline_target(timeline: dict) -> str:
     return format_reasoning(timeline_steps(timeline), f"{seen} things are seen and {heard} sounds are heard.")
 
 
-def prompt_and_target(item: dict) -> tuple[str, str]:
-    """(user question text, assistant text after the generation prompt `<think>\\n`) of an item."""
+def prompt_and_target(item: dict, answer: str = "letter") -> tuple[str, str]:
+    """(user question text, assistant text after the generation prompt `<think>\\n`) of an item.
+    The item's reasoning ends `</think>\\n(C) option text`; with answer="text" the letter is left out."""
     reasoning = item["reasoning"]
     if not reasoning.startswith("<think>\n"):
         raise ValueError(f"item {item.get('question_id')}: reasoning does not start with '<think>\\n'")
-    return question_prompt(parse_item(item, "training item")), reasoning[len("<think>\n"):]
+    target = reasoning[len("<think>\n"):]
+    if answer == "text":
+        head, sep, tail = target.rpartition("</think>\n")
+        letter = f"({item['correct_option_letter']}) "
+        if not sep or not tail.startswith(letter):
+            raise ValueError(f"item {item.get('question_id')}: the answer does not start with {letter!r}")
+        target = head + sep + tail[len(letter):]
+    elif answer != "letter":
+        raise ValueError(f"answer must be 'letter' or 'text', got {answer!r}")
+    return question_prompt(parse_item(item, "training item")), target
 
 
 def timeline_prompt_and_target(timeline: dict) -> tuple[str, str]:

@@ -69,7 +69,31 @@ def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None) -> dict:
     return m
 
 
-def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True) -> dict:
+def load_trained(folder, decoder, vision, audio) -> None:
+    """The trained parts (decoder, both projectors) from a checkpoint this recipe wrote; its towers
+    must be the seeded ones these modules already hold."""
+    from safetensors.torch import load_file
+
+    from .model import checkpoint_tensors
+
+    saved = load_file(str(Path(folder) / "model.safetensors"))
+    ours = checkpoint_tensors(decoder, vision, audio)
+    if saved.keys() != ours.keys():
+        raise ValueError(f"{folder}: not a checkpoint of this model (names differ)")
+    for k, v in ours.items():
+        trained = k.startswith(("language_model.", "mlp1.", "sound_projection."))
+        if not trained and not torch.equal(saved[k], v):
+            raise ValueError(f"{folder}: tower tensor {k} differs from this seed's (another seed's run?)")
+    with torch.no_grad():
+        decoder.load_state_dict({k[len("language_model."):]: v for k, v in saved.items() if k.startswith("language_model.")})
+        vision.mlp1.load_state_dict({k[len("mlp1."):]: v for k, v in saved.items() if k.startswith("mlp1.")})
+        audio.projection.load_state_dict({k[len("sound_projection."):]: v for k, v in saved.items()
+                                          if k.startswith("sound_projection.")})
+
+
+def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True, phase1_from=None) -> dict:
+    """Data, tokenizer, phase 1 (or, with `phase1_from`, its weights from that folder), phase 2,
+    the checkpoint in `out`, its curves, metrics and card, and (with `evaluate`) the held-out scores."""
     from engine.tokenizer import Tokenizer, train_tokenizer
 
     from .data import corpus_texts, make_clips
@@ -100,9 +124,28 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(out / name, folder / name)
 
-    summary = train(trainer, clips, cfg, out / "train_log.jsonl", val_clips, val_every=max(1, cfg.steps // 10),
-                    progress=progress, snapshot=snapshot)
-    times["train_s"] = round(time.perf_counter() - t, 1)
+    log_path = out / "train_log.jsonl"
+    if phase1_from is None:
+        summary = train(trainer, clips, cfg, log_path, val_clips, val_every=max(1, cfg.steps // 10),
+                        progress=progress, snapshot=snapshot)
+    else:             # phase 1 ran before (its log is in `out`): continue from its weights
+        load_trained(phase1_from, decoder, vision, audio)
+        steps_run = len(log_path.read_text().splitlines())
+        summary = {"steps_run": steps_run, "steps_planned": cfg.steps, "stopped_early": steps_run < cfg.steps,
+                   "train_seconds": json.loads(log_path.read_text().splitlines()[-1])["time_s"]}
+    phases = [{"phase": 1, **summary}]
+    if cfg.finetune_steps:
+        snapshot(summary["steps_run"])
+        ft = cfg.finetune()
+        s2 = train(trainer, clips, ft, log_path, val_clips, val_every=max(1, ft.steps // 2), progress=progress,
+                   snapshot=snapshot, phase=2, first_step=summary["steps_run"])
+        phases.append({"phase": 2, **s2})
+        summary = {"steps_run": summary["steps_run"] + s2["steps_run"],
+                   "steps_planned": summary["steps_planned"] + s2["steps_planned"],
+                   "stopped_early": summary["stopped_early"] or s2["stopped_early"],
+                   "train_seconds": round(summary["train_seconds"] + s2["train_seconds"], 1)}
+    summary["phases"] = phases
+    times["train_s"] = round(time.perf_counter() - t, 1) if phase1_from is None else summary["train_seconds"]
     save_omni(out, raw, decoder, vision, audio)
     curves = loss_curves(out / "train_log.jsonl", out)
 
@@ -195,6 +238,8 @@ def main(argv=None) -> int:
     r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
     r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    r.add_argument("--phase1-from", type=Path, default=None,
+                   help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
     c = sub.add_parser("card", help="write the model card (README.md) of a run's folder from its metrics.json")
     c.add_argument("--out", type=Path, required=True)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
@@ -216,7 +261,7 @@ def main(argv=None) -> int:
         if args.clips is not None:
             cfg.train_bands = tuple((lo, hi, max(1, round(n * args.clips))) for lo, hi, n in cfg.train_bands)
         data = args.data / f"seed{args.seed}"
-        m = run(args.out, cfg, data, evaluate=not args.no_eval)
+        m = run(args.out, cfg, data, evaluate=not args.no_eval, phase1_from=args.phase1_from)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -129,6 +129,7 @@ class Trainer:
         self.header = tokenizer.encode(stream_header())
         self.end = tokenizer.token_id("<|im_end|>")
         self._suffix_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.answer = "letter"          # what follows </think> in the targets (data.prompt_and_target)
 
     def suffix(self, key: str, question: str, target: str) -> tuple[list[int], list[int]]:
         if key not in self._suffix_cache:
@@ -149,7 +150,7 @@ class Trainer:
         return torch.cat(parts), torch.tensor(ids)
 
     def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
-        return [self.suffix(it["question_id"], *prompt_and_target(it)) for it in items]
+        return [self.suffix(f"{it['question_id']}/{self.answer}", *prompt_and_target(it, self.answer)) for it in items]
 
     def timeline_row(self, clip: Clip) -> tuple[list[int], list[int]]:
         return self.suffix(clip.clip_id + "/timeline", *timeline_prompt_and_target(clip.timeline))
@@ -234,8 +235,9 @@ class ClipSampler:
 
 
 def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: list[Clip] = (),
-          val_every: int = 100, progress: bool = True, snapshot=None) -> dict:
-    """Run the optimisation; write one JSON line per step to `log_path`; return a summary.
+          val_every: int = 100, progress: bool = True, snapshot=None, phase: int = 1, first_step: int = 0) -> dict:
+    """Run the optimisation; write one JSON line per step to `log_path` (phase 1 starts it, a later
+    phase appends, its steps numbered on from `first_step`); return a summary.
     `snapshot(steps_done)`, if given, is called at each validation point (it writes the weights so
     far: a run that is stopped still leaves a checkpoint to evaluate)."""
     from tqdm import tqdm
@@ -250,6 +252,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    trainer.answer = cfg.answer
     d.train()
     load = ExpertLoad(d)
     steps = cfg.steps
@@ -258,8 +261,9 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
     stopped_early = False
     recent = []
-    with open(log_path, "w") as log, tqdm(total=steps, desc="train", unit="step", file=sys.stderr,
-                                            disable=not progress) as bar:
+    with open(log_path, "w" if phase == 1 else "a") as log, \
+            tqdm(total=steps, desc="train" if phase == 1 else f"train, phase {phase}", unit="step", file=sys.stderr,
+                 disable=not progress) as bar:
         for step in range(steps):
             if time.perf_counter() > deadline:
                 stopped_early = True
@@ -278,14 +282,14 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             opt.step()
             imbalance = load.update(cfg.balance_rate)
-            rec = {"step": step, "time_s": round(time.perf_counter() - start, 2), "step_s": round(time.perf_counter() - t0, 3),
+            rec = {"step": first_step + step, **({"phase": phase} if phase != 1 else {}), "time_s": round(time.perf_counter() - start, 2), "step_s": round(time.perf_counter() - t0, 3),
                    "loss": round(float(loss.detach()), 5), "lr": lr, "grad_norm": round(gnorm, 4), "evs": evs_rate,
                    "clip": clip.clip_id, "clip_s": clip.duration, "expert_imbalance": round(imbalance, 4),
                    **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
             if val_clips and (step + 1) % val_every == 0 or val_clips and step + 1 == steps:
                 rec["val_loss"] = round(validate(trainer, val_clips, cfg), 5)
                 if snapshot is not None:
-                    snapshot(step + 1)
+                    snapshot(first_step + step + 1)
                 d.train()
             log.write(json.dumps(rec) + "\n")
             log.flush()
