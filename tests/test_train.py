@@ -161,7 +161,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
         assert (a / name).is_file(), name
     log = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
-    assert [r.get("phase", 1) for r in log] == [1, 1, 1, 2, 2]
+    assert [r.get("phase", 1) for r in log] == [1, 1, 1, 2, 2] and "val_loss_swapped_media" in log[-1]
     assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2

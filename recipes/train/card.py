@@ -76,7 +76,8 @@ def model_card(metrics: dict) -> str:
         f"sign(mean load - expert load) after every step. Final imbalance (most-loaded / mean): "
         f"{t['final_expert_imbalance']}.",
         f"- Loss: {t['first_loss']:.3f} at the first step, {t['final_loss']:.3f} over the last 5% of steps; "
-        f"validation loss {t['final_val_loss']}.",
+        f"validation loss {t['final_val_loss']} ({t.get('final_val_loss_swapped_media')} with another clip's media in "
+        "place of each clip's own: the gap is what the model reads from the media).",
         f"- Time on 2 CPU cores: training {times.get('train_s', 0) / 60:.1f} min"
         + (f", held-out evaluation {times['eval_s'] / 60:.1f} min" if "eval_s" in times else "") + ".",
         "- Curves: " + ", ".join(f"`{c}`" for c in metrics.get("curves", [])) + "; every step: `train_log.jsonl`.",

@@ -117,11 +117,11 @@ class TrainConfig:
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step
     answer: str = "letter"              # after </think>: "letter" "(C) option text", or "text" "option text"
-    # phase 2: a short run from phase 1's weights (fresh optimizer, seed + 1) whose answers are the
-    # chosen option's text alone. A model this small did not learn to bind an option to its letter
-    # (a lookup in the question): after phase 1 the letter is at chance even after the gold
-    # reasoning; the text it copies from its own reasoning.
-    finetune_steps: int = 500
+    # phase 2 (off by default, 0 steps): a short run from phase 1's weights (fresh optimizer, seed + 1)
+    # whose answers are the chosen option's text alone. After the shipped recipe's phase 1 the model
+    # did not bind an option to its letter (a lookup in the question): the letter was at chance even
+    # after the gold reasoning, so answering with the text leaves only the reasoning to get right.
+    finetune_steps: int = 0
     finetune_lr: float = 5e-4
     finetune_answer: str = "text"
     threads: int = 2

@@ -91,6 +91,9 @@ def loss_curves(log_path, out_dir) -> list[Path]:
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if val:
         series["held-out questions"] = val
+    swapped = [(r["step"], r["val_loss_swapped_media"]) for r in rows if "val_loss_swapped_media" in r]
+    if swapped:
+        series["held-out, another clip's media"] = swapped
     files = [out_dir / "loss.png", out_dir / "expert_balance.png"]
     line_chart(series, files[0], "cross-entropy of the target tokens", "step", "loss (nats/token)", log_y=True)
     line_chart({f"max / mean expert load (mean of {win})": list(zip(steps, smooth([r["expert_imbalance"] for r in rows], win)))},

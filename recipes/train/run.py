@@ -166,6 +166,8 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                      "target_tokens": sum(r.get("qa_tokens", 0) + r.get("timeline_tokens", 0) for r in rows),
                      "first_loss": rows[0]["loss"], "final_loss": round(sum(r["loss"] for r in last) / len(last), 4),
                      "final_val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
+                     "final_val_loss_swapped_media": next((r["val_loss_swapped_media"] for r in reversed(rows)
+                                                           if "val_loss_swapped_media" in r), None),
                      "final_expert_imbalance": round(sum(r["expert_imbalance"] for r in last) / len(last), 4)},
         "curves": [p.name for p in curves],
     }

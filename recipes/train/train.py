@@ -15,6 +15,7 @@ under-used experts are chosen more often; the routing weights themselves stay un
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -287,7 +288,8 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                    "clip": clip.clip_id, "clip_s": clip.duration, "expert_imbalance": round(imbalance, 4),
                    **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
             if val_clips and (step + 1) % val_every == 0 or val_clips and step + 1 == steps:
-                rec["val_loss"] = round(validate(trainer, val_clips, cfg), 5)
+                val, val_swapped = validate(trainer, val_clips, cfg)
+                rec["val_loss"], rec["val_loss_swapped_media"] = round(val, 5), round(val_swapped, 5)
                 if snapshot is not None:
                     snapshot(first_step + step + 1)
                 d.train()
@@ -303,13 +305,19 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
 
 
 @torch.no_grad()
-def validate(trainer: Trainer, clips: list[Clip], cfg) -> float:
-    """Mean target-token loss over held-out clips (all their items, no timeline item, EVS off)."""
+def validate(trainer: Trainer, clips: list[Clip], cfg) -> tuple[float, float]:
+    """Mean target-token loss over held-out clips (all their items, no timeline item, EVS off),
+    with each clip's own media and with the next clip's media in its place (cycled to its layout).
+    Equal losses mean the model answers from the questions alone and does not read the media."""
     trainer.decoder.eval()
-    total = n = 0.0
-    for clip in clips:
+    total = swapped = n = 0.0
+    for k, clip in enumerate(clips):
         items = clip.items[: cfg.max_questions]
         loss, stats = trainer.loss(clip, items, False)
+        other = clips[(k + 1) % len(clips)]
+        fake = dataclasses.replace(clip, video=other.video[torch.arange(clip.video.shape[0]) % other.video.shape[0]],
+                                   audio=other.audio[torch.arange(clip.audio.shape[0]) % other.audio.shape[0]])
         total += float(loss) * stats["qa_tokens"]
+        swapped += float(trainer.loss(fake, items, False)[0]) * stats["qa_tokens"]
         n += stats["qa_tokens"]
-    return total / max(1.0, n)
+    return total / max(1.0, n), swapped / max(1.0, n)
