@@ -273,8 +273,8 @@ def serve_command(args, in_process: bool = True) -> int:
     from app.server import serve
     config = _server_config(args, in_process)
     if args.model.resolve() == DEFAULT_MODEL.resolve():
-        print("note: serving the bundled default model, a random text-only placeholder (assets/README.md): it "
-              "answers nonsense and takes no media; pass --model DIR for a real checkpoint", file=sys.stderr)
+        from app.ui import default_model_note
+        print(f"note: {default_model_note(args.model)}", file=sys.stderr)
     where = f"http://{args.host}:{args.port}"
     print(f"omnistream: UI {where}/  realtime ws://{args.host}:{args.port}/v1/realtime  "
           f"chat {where}/v1/chat/completions" + (f"  embedding link ws://{config.link_host}:{config.link_port}"
