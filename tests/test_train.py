@@ -191,3 +191,32 @@ def test_phase_two_targets_answer_with_the_option_text(data):
     assert extract_choice(text_target, it["options"]) == it["correct_option_letter"]   # the scorer reads it
     with pytest.raises(ValueError, match="answer must be"):
         prompt_and_target(it, "number")
+
+
+def test_projector_learning_rate_scale(data, tmp_path):
+    """projector_lr_scale=0 trains the decoder and leaves both projectors as initialized."""
+    folder, *_ = data
+    cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
+                      val_clips=1, projector_lr_scale=0.0)
+    run(tmp_path / "m", cfg, folder / "run", evaluate=False, progress=False)
+    raw, decoder, vision, audio = new_model(5, VOCAB_SIZE)
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    torch.testing.assert_close(saved["mlp1.1.weight"], vision.mlp1[1].weight, atol=0, rtol=0)
+    torch.testing.assert_close(saved["sound_projection.linear1.weight"], audio.projection.linear1.weight, atol=0, rtol=0)
+    assert not torch.equal(saved["language_model.lm_head.weight"], decoder.lm_head.weight)
+
+
+def test_linear_probe_reads_what_the_cached_features_carry(data):
+    from recipes.train.probe import linear_probe, probe_samples
+    folder, items, clips, *_ = data
+    video, audio = probe_samples(folder)
+    assert len(video) <= sum(c.video.shape[0] for c in clips) and video
+    words = {c.clip_id: {e.get("word") or e["label"] for e in c.timeline["events"] if e["modality"] == "audio"} for c in clips}
+    assert audio and all(lab["word or sound"] in words[cid] for _, lab, cid in audio)
+    g = torch.Generator().manual_seed(0)                      # separable classes: the probe must find them
+    centres = torch.randn(3, 16, generator=g) * 4
+    y = [k % 3 for k in range(90)]
+    x = centres[y] + torch.randn(90, 16, generator=g)
+    r = linear_probe(x, [str(k) for k in y], torch.arange(90) >= 60)
+    assert r["accuracy"] == 1.0 and r["held_out"] == 30 and abs(r["majority"] - 1 / 3) < 0.01

@@ -3,6 +3,7 @@
     python -m recipes.train run --out assets/default-model --seed 0    (make train-default)
     python -m recipes.train demo --out assets/demo                    (the demo clips)
     python -m recipes.train card --out assets/default-model           (its README.md, from metrics.json)
+    python -m recipes.train probe --data .cache/train-data/seed0/train (what the towers' features carry)
 
 config.py  the tiny Omni configuration and the run's settings
 model.py   the model's parts, their seeded initialization, the checkpoint writer
@@ -10,5 +11,6 @@ data.py    clips, frozen-tower features cached per clip, the streaming layout, t
 train.py   the loop: shared media prefix, batched questions, aux-loss-free expert balancing
 plots.py   loss curves drawn with PIL
 run.py     a whole run: data, tokenizer, training, checkpoint, held-out evaluation; the demo clips
+probe.py   linear probes: what the frozen towers' features carry
 card.py    the model card (README.md next to the weights), from the run's metrics
 """

@@ -109,6 +109,7 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.05
+    projector_lr_scale: float = 1.0     # the projectors' learning rate, relative to lr
     grad_clip: float = 1.0
     max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
     context_weight: float = 0.2         # weight of the read text's tokens (labels, questions, options) in the loss

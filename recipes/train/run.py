@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     r.add_argument("--phase1-from", type=Path, default=None,
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
+    pr = sub.add_parser("probe", help="linear probes on a data folder's cached tower features")
+    pr.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/train"))
     c = sub.add_parser("card", help="write the model card (README.md) of a run's folder from its metrics.json")
     c.add_argument("--out", type=Path, required=True)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
@@ -249,6 +251,10 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     try:
+        if args.command == "probe":
+            from .probe import format_report, probe_report
+            print(format_report(probe_report(args.data)))
+            return 0
         if args.command == "card":
             print(f"wrote {write_model_card(args.out)}")
             return 0

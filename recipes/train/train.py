@@ -249,10 +249,14 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     rng = random.Random(cfg.seed)
     d, v, a = trainer.decoder, trainer.vision, trainer.audio
     params = trainable_parameters(d, v, a)
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    projector = {id(p) for m in (v.mlp1, a.projection) for p in m.parameters()}
+    split = cfg.projector_lr_scale != 1.0
+    groups = []
+    for scale, mine in ((1.0, [p for p in params if not split or id(p) not in projector]),
+                        (cfg.projector_lr_scale, [p for p in params if split and id(p) in projector])):
+        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     trainer.answer = cfg.answer
     d.train()
     load = ExpertLoad(d)
@@ -274,7 +278,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             evs_rate = _draw_evs(cfg, rng)
             lr = cfg.lr_at(step, step / max(1, steps - 1))
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
             loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight)
