@@ -117,15 +117,11 @@ class SafetensorsFile:
         self._release(offset, length)
 
     def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor `key`, as a view into the mapping when no conversion is needed."""
+        """The tensor `key`, as a view into the mapping when no conversion is needed (weights that
+        compute on the CPU are copied into `load_weights`' aligned block instead)."""
         t, offset, length = self._view(key)
         if dtype is not None and dtype != t.dtype:
             t = t.to(dtype)
-            self._release(offset, length)
-        elif offset % 64 and length:
-            # BLAS takes another SIMD path on data not 64-byte aligned; the same weights must
-            # give the same results wherever a file happens to place them.
-            t = t.clone()
             self._release(offset, length)
         return t
 
