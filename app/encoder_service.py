@@ -310,12 +310,13 @@ class EncoderService:
         if want_video:
             fps = float(msg.meta.get("fps", self.file_fps))
             frames = media.iter_video_frames(path, fps=fps, max_frames=int(msg.meta.get("max_frames", self.max_file_frames)))
-            streams.append(("video", self._file_video(sid, live, frames)))
+            streams.append(("video", tubelet_chunks(self.vision, frames, self.temporal_patch,
+                                                    float(live.config.get("evs_rate", self.evs_rate)), sid)))
         if want_audio:
             # clips of the session's length, each labelled with its span: the streaming layout the
             # default model is trained on (recipes/train, app/evaluate.py)
             stream = AudioStream(self.audio, float(live.config.get("clip_s", self.clip_s)))
-            streams.append(("audio", self._file_audio(sid, live, stream, media.iter_audio(path, chunk_seconds=5.0))))
+            streams.append(("audio", audio_clip_chunks(stream, media.iter_audio(path, chunk_seconds=5.0), sid)))
         # interleave the two producers by media time, report progress as the slower one moves
         done = {m: 0.0 for m, _ in streams}
         active = dict(streams)
@@ -340,13 +341,6 @@ class EncoderService:
             tokens += c.num_tokens
             yield c
         yield Control(sid, "item_done", {"item_id": item, "tokens": tokens, "duration_ms": int(1000 * total)})
-
-    def _file_video(self, sid, live, frames):
-        return tubelet_chunks(self.vision, frames, self.temporal_patch,
-                              float(live.config.get("evs_rate", self.evs_rate)), sid)
-
-    def _file_audio(self, sid, live, stream, pieces):
-        return audio_clip_chunks(stream, pieces, sid)
 
 
 async def serve_encoder(end, service: EncoderService, executor: concurrent.futures.Executor) -> None:
