@@ -85,10 +85,8 @@ def load_trained(folder, decoder, vision, audio) -> None:
         if not trained and not torch.equal(saved[k], v):
             raise ValueError(f"{folder}: tower tensor {k} differs from this seed's (another seed's run?)")
     with torch.no_grad():
-        decoder.load_state_dict({k[len("language_model."):]: v for k, v in saved.items() if k.startswith("language_model.")})
-        vision.mlp1.load_state_dict({k[len("mlp1."):]: v for k, v in saved.items() if k.startswith("mlp1.")})
-        audio.projection.load_state_dict({k[len("sound_projection."):]: v for k, v in saved.items()
-                                          if k.startswith("sound_projection.")})
+        for module, prefix in ((decoder, "language_model."), (vision.mlp1, "mlp1."), (audio.projection, "sound_projection.")):
+            module.load_state_dict({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
 
 
 def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True, phase1_from=None) -> dict:

@@ -250,13 +250,11 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     d, v, a = trainer.decoder, trainer.vision, trainer.audio
     params = trainable_parameters(d, v, a)
     projector = {id(p) for m in (v.mlp1, a.projection) for p in m.parameters()}
-    split = cfg.projector_lr_scale != 1.0
-    groups = []
-    for scale, mine in ((1.0, [p for p in params if not split or id(p) not in projector]),
-                        (cfg.projector_lr_scale, [p for p in params if split and id(p) in projector])):
-        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    groups: dict[tuple[float, bool], list] = {}     # (lr scale, weight decay) -> parameters
+    for p in params:
+        groups.setdefault((cfg.projector_lr_scale if id(p) in projector else 1.0, p.dim() >= 2), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr_scale": scale, "weight_decay": cfg.weight_decay if decay else 0.0}
+                             for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     trainer.answer = cfg.answer
     d.train()
     load = ExpertLoad(d)
@@ -287,7 +285,8 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             opt.step()
             imbalance = load.update(cfg.balance_rate)
-            rec = {"step": first_step + step, **({"phase": phase} if phase != 1 else {}), "time_s": round(time.perf_counter() - start, 2), "step_s": round(time.perf_counter() - t0, 3),
+            rec = {"step": first_step + step, **({"phase": phase} if phase != 1 else {}),
+                   "time_s": round(time.perf_counter() - start, 2), "step_s": round(time.perf_counter() - t0, 3),
                    "loss": round(float(loss.detach()), 5), "lr": lr, "grad_norm": round(gnorm, 4), "evs": evs_rate,
                    "clip": clip.clip_id, "clip_s": clip.duration, "expert_imbalance": round(imbalance, 4),
                    **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
