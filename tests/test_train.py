@@ -16,9 +16,9 @@ from app.timestamps import find_time_spans
 from engine.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 from fusion.omni import OmniModel
 from recipes.train.config import VOCAB_SIZE, TrainConfig
-from recipes.train.data import corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
+from recipes.train.data import chunk_caption, corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
 from recipes.train.model import new_model, save_omni
-from recipes.train.run import _clips, run
+from recipes.train.run import _clips, refresh_card, run
 from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
 
 
@@ -43,7 +43,8 @@ def test_cached_features_through_the_projectors_are_what_eval_reads(data):
     trainer = Trainer(decoder, vision, audio, tok)
     clip = clips[0]
     with torch.no_grad():
-        ours, ids = trainer.prefix(clip)
+        ours, ids, is_caption = trainer.prefix(clip)
+    assert not is_caption.any()
     omni = OmniModel.load(tok_dir)
     chunks = media_chunks(omni, folder / "clips" / f"{clip.clip_id}.mp4")
     assert [(c.modality, c.label) for c in chunks] == [(m["modality"], m["label"]) for m in clip.meta]
@@ -57,6 +58,41 @@ def test_cached_features_through_the_projectors_are_what_eval_reads(data):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     media = (ids == 18) | (ids == 27)
     torch.testing.assert_close(ours[~media], omni.decoder.embed(ids[~media]), atol=0, rtol=0)
+
+
+def test_captions_sit_before_the_next_chunk_and_name_the_previous_ones_events(data):
+    """A captioned chunk k is preceded by the caption of chunk k - 1; uncaptioned, the layout is
+    inference's; the caption names the timeline's events in that chunk's span."""
+    folder, items, clips, tok, _ = data
+    raw, decoder, vision, audio = new_model(0, VOCAB_SIZE)
+    trainer = Trainer(decoder, vision, audio, tok)
+    clip = clips[0]
+    with torch.no_grad():
+        plain, plain_ids, _ = trainer.prefix(clip)
+        x, ids, is_caption = trainer.prefix(clip, captioned={1, 3})
+    caps = [chunk_caption(clip.timeline, clip.meta[k]) for k in (0, 2)]
+    assert tok.decode(ids[is_caption].tolist()) == "".join(caps)
+    assert torch.equal(ids[~is_caption], plain_ids) and torch.equal(x[~is_caption], plain)
+    chunks = clip.chunks(clip.video, clip.audio)
+    layout = [caps[k // 2] if k in (1, 3) else "" for k in range(len(chunks))]
+    assert tok.decode(ids.tolist()) == stream_header() + "".join(cap + c.text() for cap, c in zip(layout, chunks))
+    for m in clip.meta:
+        cap = chunk_caption(clip.timeline, m)
+        audio_chunk = m["modality"] == "audio"
+        inside = {e["label"] for e in clip.timeline["events"] if (e["modality"] == "audio") == audio_chunk and (
+            m["t0"] <= (e["t0"] + e["t1"]) / 2 < m["t1"] if audio_chunk else
+            e["t0"] <= m["t0"] < e["t1"] or e["t0"] <= m["t1"] < e["t1"])}
+        head = "(heard: " if audio_chunk else "(seen: "
+        assert cap.startswith(head) and cap.endswith(") ")
+        named = cap[len(head):-2]
+        assert set(named.split("; ")) == inside if inside else named == "nothing"
+    loss, stats = trainer.loss(clip, clip.items[:2], False, captioned={1, 3}, caption_weight=1.0)
+    assert stats["caption_tokens"] == int(is_caption[1:].sum()) and stats["caption_loss"] > 0
+
+
+def test_caption_share_falls_to_zero():
+    cfg = TrainConfig(caption_fade=(0.25, 0.75))
+    assert [cfg.caption_share(p) for p in (0.0, 0.2, 0.5, 0.75, 1.0)] == [1.0, 1.0, 0.5, 0.0, 0.0]
 
 
 def test_shared_prefix_batch_equals_separate_sequences(data):
@@ -162,9 +198,17 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     log = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
     assert [r.get("phase", 1) for r in log] == [1, 1, 1, 2, 2] and "val_loss_swapped_media" in log[-1]
+    assert log[0]["caption_tokens"] > 0 and "caption_tokens" not in log[-1]     # phase 2: no captions
+    assert "val_caption_loss_swapped_media" in log[-1]
     assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
+    assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
+    card = (a / "README.md").read_text()
+    for name in ("README.md", "loss.png"):
+        (a / name).unlink()
+    refresh_card(a)                                        # from the log and metrics alone
+    assert (a / "README.md").read_text() == card and (a / "loss.png").is_file()
     omni = OmniModel.load(a)
     assert omni.vision is not None and omni.audio is not None
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights

@@ -113,6 +113,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
     context_weight: float = 0.2         # weight of the read text's tokens (labels, questions, options) in the loss
+    # captions (data.chunk_caption): each chunk is captioned with probability caption_share(progress),
+    # 1.0 until caption_fade[0], falling linearly to 0 at caption_fade[1]; the run ends without them
+    caption_fade: tuple = (0.25, 0.7)
+    caption_weight: float = 1.0         # weight of a caption token in the loss
     timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
@@ -139,14 +143,22 @@ class TrainConfig:
         d = asdict(self)
         d["train_bands"] = [list(b) for b in self.train_bands]
         d["band_start"] = list(self.band_start)
+        d["caption_fade"] = list(self.caption_fade)
         return d
 
     def finetune(self) -> "TrainConfig":
         """Phase 2's settings: all length bands open from its start."""
         return replace(self, seed=self.seed + 1, steps=self.finetune_steps, lr=self.finetune_lr,
                        warmup_steps=min(self.warmup_steps, max(1, self.finetune_steps // 20)),
-                       band_start=(0.0,) * len(self.train_bands), answer=self.finetune_answer,
+                       band_start=(0.0,) * len(self.train_bands), answer=self.finetune_answer, caption_fade=(0.0, 0.0),
                        finetune_steps=0)
+
+    def caption_share(self, progress: float) -> float:
+        """Probability that a chunk is captioned at this point of the run (0..1)."""
+        a, b = self.caption_fade
+        if progress < a:
+            return 1.0
+        return max(0.0, 1.0 - (progress - a) / (b - a)) if b > a else 0.0
 
     @property
     def longest_train_s(self) -> float:

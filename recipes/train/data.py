@@ -10,6 +10,12 @@ the chunk list in `features/<clip>.json`), so training runs the projectors and t
 A training example is a clip with its questions (MMOU items; the target is the item's TA-CoT
 `reasoning`) plus one timeline item that lists every event of the clip with its time span:
 dense supervision for what is seen and heard, and when.
+
+Early in training, chunks are also captioned: the text before a chunk starts with what the
+previous chunk holds (`(heard: a bell) `, `(seen: a pink star) `), and the model predicts it.
+The questions alone never made the decoder read the media (the loss with another clip's media in
+place was the same); a caption right after its chunk is a local signal it learns from at once.
+Captions fade out during the run, so the model ends on the layout inference uses (no captions).
 """
 
 from __future__ import annotations
@@ -184,6 +190,18 @@ def timeline_steps(timeline: dict) -> list[tuple[float, float, str]]:
     return steps
 
 
+def chunk_caption(timeline: dict, chunk: dict) -> str:
+    """What a chunk (a `meta` entry) holds, in the generator's words: the audio events centred in
+    its span, or the visual events on screen in either frame of its tubelet."""
+    events = timeline["events"]
+    if chunk["modality"] == "audio":
+        got = [e["label"] for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
+        return "(heard: " + ("; ".join(got) or "nothing") + ") "
+    got = [e["label"] for e in events if e["modality"] == "visual"
+           and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
+    return "(seen: " + ("; ".join(got) or "nothing") + ") "
+
+
 def timeline_target(timeline: dict) -> str:
     """The timeline item's answer: every event, then how many were seen and heard."""
     seen = sum(e["modality"] == "visual" for e in timeline["events"])
@@ -225,6 +243,8 @@ def corpus_texts(items: list[dict], timelines: list[dict]) -> list[str]:
         texts += [question_tail(q), t]
     for tl in timelines:
         texts.append(timeline_target(tl))
+        texts += [chunk_caption(tl, {"modality": m, "t0": float(t), "t1": t + 1.0})
+                  for m in ("video", "audio") for t in range(int(tl["duration"]))]
     for k in range(0, 400, 2):          # frame and audio labels over 6 minutes and more
         texts.append(frame_label([k + 1, k + 2], [k / 1.0, k + 1.0]))
         texts.append(audio_chunk_label(float(k), float(k + 2)))

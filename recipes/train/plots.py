@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -94,6 +95,14 @@ def loss_curves(log_path, out_dir) -> list[Path]:
     swapped = [(r["step"], r["val_loss_swapped_media"]) for r in rows if "val_loss_swapped_media" in r]
     if swapped:
         series["held-out, another clip's media"] = swapped
+    cap = [(r["step"], r["caption_loss"]) for r in rows if r.get("caption_tokens")]
+    if cap:
+        series["captions"] = list(zip([s for s, _ in cap], smooth([v for _, v in cap], win)))
+    for key, name in (("val_caption_loss", "held-out captions"),
+                      ("val_caption_loss_swapped_media", "held-out captions, another clip's media")):
+        got = [(r["step"], r[key]) for r in rows if key in r]
+        if got:
+            series[name] = got
     files = [out_dir / "loss.png", out_dir / "expert_balance.png"]
     line_chart(series, files[0], "cross-entropy of the target tokens", "step", "loss (nats/token)", log_y=True)
     line_chart({f"max / mean expert load (mean of {win})": list(zip(steps, smooth([r["expert_imbalance"] for r in rows], win)))},

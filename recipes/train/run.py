@@ -89,6 +89,35 @@ def load_trained(folder, decoder, vision, audio) -> None:
             module.load_state_dict({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
 
 
+VALIDATION_KEYS = ("val_loss", "val_loss_swapped_media", "val_caption_loss", "val_caption_loss_swapped_media")
+
+
+def log_summary(rows: list[dict]) -> dict:
+    """What metrics.json says of a training log: tokens, first and final losses, the last
+    validation losses (with each clip's own media and another clip's), the expert balance."""
+    last = rows[-max(1, len(rows) // 20):]
+    return {"tokens": sum(r["prefix_tokens"] + r["suffix_tokens"] for r in rows),
+            "target_tokens": sum(r.get("qa_tokens", 0) + r.get("timeline_tokens", 0) for r in rows),
+            "caption_tokens": sum(r.get("caption_tokens", 0) for r in rows),
+            "first_loss": rows[0]["loss"], "final_loss": round(sum(r["loss"] for r in last) / len(last), 4),
+            **{f"final_{k}": next((r[k] for r in reversed(rows) if k in r), None) for k in VALIDATION_KEYS},
+            "final_expert_imbalance": round(sum(r["expert_imbalance"] for r in last) / len(last), 4)}
+
+
+def refresh_card(out) -> Path:
+    """Redraw a run folder's curves, recompute the log's part of metrics.json from train_log.jsonl
+    (the rest is kept), and rewrite its card."""
+    from .plots import loss_curves
+
+    out = Path(out)
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["training"].update(log_summary(rows))
+    metrics["curves"] = [p.name for p in loss_curves(out / "train_log.jsonl", out)]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return write_model_card(out)
+
+
 def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True, phase1_from=None) -> dict:
     """Data, tokenizer, phase 1 (or, with `phase1_from`, its weights from that folder), phase 2,
     the checkpoint in `out`, its curves, metrics and card, and (with `evaluate`) the held-out scores."""
@@ -148,7 +177,6 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
     curves = loss_curves(out / "train_log.jsonl", out)
 
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    last = rows[-max(1, len(rows) // 20):]
     n_params = {name: sum(p.numel() for p in m.parameters())
                 for name, m in (("decoder", decoder), ("vision", vision), ("audio", audio))}
     metrics = {
@@ -160,13 +188,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         "data": {"train_clips": len(clips), "train_seconds": round(sum(c.duration for c in clips), 1),
                  "train_questions": len(items), "longest_train_clip_s": max(c.duration for c in clips),
                  "val_clips": len(val_clips)},
-        "training": {**summary, "tokens": sum(r["prefix_tokens"] + r["suffix_tokens"] for r in rows),
-                     "target_tokens": sum(r.get("qa_tokens", 0) + r.get("timeline_tokens", 0) for r in rows),
-                     "first_loss": rows[0]["loss"], "final_loss": round(sum(r["loss"] for r in last) / len(last), 4),
-                     "final_val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
-                     "final_val_loss_swapped_media": next((r["val_loss_swapped_media"] for r in reversed(rows)
-                                                           if "val_loss_swapped_media" in r), None),
-                     "final_expert_imbalance": round(sum(r["expert_imbalance"] for r in last) / len(last), 4)},
+        "training": {**summary, **log_summary(rows)},
         "curves": [p.name for p in curves],
     }
     if evaluate:
@@ -242,7 +264,7 @@ def main(argv=None) -> int:
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
     pr = sub.add_parser("probe", help="linear probes on a data folder's cached tower features")
     pr.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/train"))
-    c = sub.add_parser("card", help="write the model card (README.md) of a run's folder from its metrics.json")
+    c = sub.add_parser("card", help="redraw a run folder's curves and rewrite its metrics' log part and its card (README.md)")
     c.add_argument("--out", type=Path, required=True)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
     d.add_argument("--out", type=Path, required=True)
@@ -254,7 +276,7 @@ def main(argv=None) -> int:
             print(format_report(probe_report(args.data)))
             return 0
         if args.command == "card":
-            print(f"wrote {write_model_card(args.out)}")
+            print(f"wrote {refresh_card(args.out)}")
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")

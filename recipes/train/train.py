@@ -32,7 +32,7 @@ from engine.state import State
 from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
-from .data import Clip, prompt_and_target, timeline_prompt_and_target
+from .data import Clip, chunk_caption, prompt_and_target, timeline_prompt_and_target
 
 # NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
 # the kernels keep no in-place updates of saved tensors), so training calls it undecorated.
@@ -137,18 +137,26 @@ class Trainer:
             self._suffix_cache[key] = (self.tok.encode(question_tail(question)), self.tok.encode(target) + [self.end])
         return self._suffix_cache[key]
 
-    def prefix(self, clip: Clip, evs_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, D) decoder input of the clip's session, through the projectors, and its (P,) token
-        ids (media positions hold their placeholder ids)."""
+    def prefix(self, clip: Clip, evs_rate: float = 0.0, captioned=()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(P, D) decoder input of the clip's session, through the projectors; its (P,) token ids
+        (media positions hold their placeholder ids); and a (P,) mask of caption tokens. Chunk k in
+        `captioned` (k >= 1) is preceded by the caption of chunk k - 1 (data.chunk_caption)."""
         video = self.vision.mlp1(clip.video)
         audio = self.audio.projection(clip.audio)
         keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         embed = self.decoder.embed
-        chunks = clip.chunks(video, audio, keep)
-        parts = [embed(torch.tensor([self.header]))[0]]
-        parts += [chunk_input(c, self.tok, embed, self.placeholder[c.modality]) for c in chunks]
-        ids = self.header + [i for c in chunks for i in self.tok.encode(c.text())]
-        return torch.cat(parts), torch.tensor(ids)
+        parts, ids, caption = [embed(torch.tensor([self.header]))[0]], list(self.header), [False] * len(self.header)
+        for k, c in enumerate(clip.chunks(video, audio, keep)):
+            if k in captioned:
+                cap = self.tok.encode(chunk_caption(clip.timeline, clip.meta[k - 1]))
+                parts.append(embed(torch.tensor([cap]))[0])
+                ids += cap
+                caption += [True] * len(cap)
+            parts.append(chunk_input(c, self.tok, embed, self.placeholder[c.modality]))
+            own = self.tok.encode(c.text())
+            ids += own
+            caption += [False] * len(own)
+        return torch.cat(parts), torch.tensor(ids), torch.tensor(caption)
 
     def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
         return [self.suffix(f"{it['question_id']}/{self.answer}", *prompt_and_target(it, self.answer)) for it in items]
@@ -157,19 +165,27 @@ class Trainer:
         return self.suffix(clip.clip_id + "/timeline", *timeline_prompt_and_target(clip.timeline))
 
     def loss(self, clip: Clip, items: list[dict], timeline: bool, evs_rate: float = 0.0,
-             context_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+             context_weight: float = 0.0, captioned=(), caption_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
         """Mean target-token cross-entropy of the clip's items (and its timeline item, weighted).
         With `context_weight`, the text the model reads (frame and audio labels, questions with their
-        options) is predicted too, at that weight per token: free signal, those tokens are run anyway."""
-        x, ids = self.prefix(clip, evs_rate)
+        options) is predicted too, at that weight per token: free signal, those tokens are run anyway.
+        The captions of the chunks in `captioned` are predicted at `caption_weight` per token."""
+        x, ids, is_caption = self.prefix(clip, evs_rate, captioned)
         state = self.decoder.new_state()
         out = decoder_forward(self.decoder, state, inputs_embeds=x[None], logits="none")
-        context_nll, context_n = 0.0, 0
+        context_nll, context_n, caption_nll = 0.0, 0, 0.0
+        stats = {"prefix_tokens": x.shape[0], "qa_loss": 0.0, "qa_tokens": 0, "suffix_tokens": 0}
+        nxt, hidden = ids[1:], out.hidden[0, :-1]
+        text = (nxt != self.placeholder["video"]) & (nxt != self.placeholder["audio"])
         if context_weight:
-            nxt = ids[1:]
-            text = (nxt != self.placeholder["video"]) & (nxt != self.placeholder["audio"])
-            context_nll = F.cross_entropy(self.decoder.lm_head(out.hidden[0, :-1][text]).float(), nxt[text], reduction="sum")
-            context_n = int(text.sum())
+            read = text & ~is_caption[1:]
+            context_nll = F.cross_entropy(self.decoder.lm_head(hidden[read]).float(), nxt[read], reduction="sum")
+            context_n = int(read.sum())
+        if captioned:
+            cap = is_caption[1:]
+            caption_nll = F.cross_entropy(self.decoder.lm_head(hidden[cap]).float(), nxt[cap], reduction="sum")
+            stats["caption_tokens"] = int(cap.sum())
+            stats["caption_loss"] = float(caption_nll.detach()) / max(1, stats["caption_tokens"])
         parts = []
         rows = sorted(self.rows(clip, items), key=lambda r: len(r[0]) + len(r[1]))
         half = len(rows) // 2 if len(rows) >= 8 else 0          # two batches by length: less padding
@@ -178,8 +194,7 @@ class Trainer:
                 parts.append(("qa", Batch(group), 1.0))
         if timeline:
             parts.append(("timeline", Batch([self.timeline_row(clip)]), TIMELINE_WEIGHT))
-        total, weight = 0.0, 0.0
-        stats = {"prefix_tokens": x.shape[0], "qa_loss": 0.0, "qa_tokens": 0, "suffix_tokens": 0}
+        total, weight = caption_weight * caption_nll, 0.0
         for name, batch, w in parts:
             st = expand_state(state, batch.ids.shape[0], batch.ids.shape[1])
             out = decoder_forward(self.decoder, st, inputs_embeds=self.decoder.embed(batch.ids), logits="none")
@@ -279,7 +294,9 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                 g["lr"] = lr * g["lr_scale"]
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
-            loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight)
+            share = cfg.caption_share(step / max(1, steps))
+            captioned = {k for k in range(1, len(clip.meta)) if rng.random() < share} if share > 0 else set()
+            loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -291,8 +308,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                    "clip": clip.clip_id, "clip_s": clip.duration, "expert_imbalance": round(imbalance, 4),
                    **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in stats.items()}}
             if val_clips and (step + 1) % val_every == 0 or val_clips and step + 1 == steps:
-                val, val_swapped = validate(trainer, val_clips, cfg)
-                rec["val_loss"], rec["val_loss_swapped_media"] = round(val, 5), round(val_swapped, 5)
+                rec.update({k: round(v, 5) for k, v in validate(trainer, val_clips, cfg).items()})
                 if snapshot is not None:
                     snapshot(first_step + step + 1)
                 d.train()
@@ -308,19 +324,25 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
 
 
 @torch.no_grad()
-def validate(trainer: Trainer, clips: list[Clip], cfg) -> tuple[float, float]:
-    """Mean target-token loss over held-out clips (all their items, no timeline item, EVS off),
-    with each clip's own media and with the next clip's media in its place (cycled to its layout).
-    Equal losses mean the model answers from the questions alone and does not read the media."""
+def validate(trainer: Trainer, clips: list[Clip], cfg) -> dict[str, float]:
+    """Losses over held-out clips (EVS off), each with the clip's own media and with the next
+    clip's media in its place (cycled to its layout); equal losses mean the model does not read
+    the media. `val_loss`: the target tokens of all its items (no timeline item), in the layout
+    inference uses; `val_caption_loss`: the captions' tokens, every chunk captioned."""
     trainer.decoder.eval()
-    total = swapped = n = 0.0
+    sums = dict.fromkeys(("val_loss", "val_loss_swapped_media", "val_caption_loss", "val_caption_loss_swapped_media"), 0.0)
+    qa_n = cap_n = 0
     for k, clip in enumerate(clips):
         items = clip.items[: cfg.max_questions]
-        loss, stats = trainer.loss(clip, items, False)
         other = clips[(k + 1) % len(clips)]
         fake = dataclasses.replace(clip, video=other.video[torch.arange(clip.video.shape[0]) % other.video.shape[0]],
                                    audio=other.audio[torch.arange(clip.audio.shape[0]) % other.audio.shape[0]])
-        total += float(loss) * stats["qa_tokens"]
-        swapped += float(trainer.loss(fake, items, False)[0]) * stats["qa_tokens"]
-        n += stats["qa_tokens"]
-    return total / max(1.0, n), swapped / max(1.0, n)
+        everything = set(range(1, len(clip.meta)))
+        for media, suffix in ((clip, ""), (fake, "_swapped_media")):    # the same layout: the same token counts
+            qa = trainer.loss(media, items, False)[1]
+            cap = trainer.loss(media, items[:1], False, captioned=everything)[1]
+            sums["val_loss" + suffix] += qa["qa_loss"] * qa["qa_tokens"]
+            sums["val_caption_loss" + suffix] += cap["caption_loss"] * cap["caption_tokens"]
+        qa_n += qa["qa_tokens"]
+        cap_n += cap["caption_tokens"]
+    return {k: v / max(1, cap_n if "caption" in k else qa_n) for k, v in sums.items()}
