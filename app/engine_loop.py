@@ -7,7 +7,8 @@ leave between steps). The asyncio side talks to it only through a bounded inbox 
 ids back through each answer's queue; a full inbox makes producers wait.
 
 A session's decoder input is its chat header (system instructions, the open user turn), then
-its chunks in arrival order; a question is answered from a fork of that state (the question
+its chunks in arrival order (a narrating model follows each with its caption of it, written as
+the chunk is prefilled); a question is answered from a fork of that state (the question
 text, the end of the user turn, the assistant header), so the stream keeps appending to the
 original while the answer decodes. The fork shares the KV cache and is thrown away after.
 """
@@ -24,7 +25,7 @@ import torch
 
 from engine.generate import BatchDecoder, SamplingParams, Session
 from engine.tokenizer import THINK_END, ReasoningBudget, build_chat_prompt
-from fusion.stream import EmbeddingChunk, chunk_input
+from fusion.stream import EmbeddingChunk, Narration, chunk_input, narrate
 
 _MARK = "\x00"     # stands for the stream's media while the chat template renders around it
 
@@ -102,6 +103,7 @@ class _Stream:
     on_error: object                   # callable(code, message), run on the asyncio side
     tokens: int = 0
     chunks: int = 0
+    captions: list = field(default_factory=list)   # (modality, t0, t1, caption) a narrating model wrote
 
 
 @dataclass
@@ -119,8 +121,9 @@ class EngineLoop:
     """Owns the decoder; see the module docstring. Start with `await start()`."""
 
     def __init__(self, decoder, tokenizer, *, image_token_id: int, audio_token_id: int, max_inbox: int = 256,
-                 prefill_tokens_per_step: int = 2048):
+                 prefill_tokens_per_step: int = 2048, narration: Narration | None = None):
         self.decoder, self.tokenizer = decoder, tokenizer
+        self.narration = narration          # a narrating model captions each chunk (fusion.stream.narrate)
         self.placeholder = {"image": image_token_id, "video": image_token_id, "audio": audio_token_id}
         self.inbox: asyncio.Queue = asyncio.Queue(max_inbox)
         self.prefill_tokens_per_step = prefill_tokens_per_step
@@ -242,6 +245,10 @@ class EngineLoop:
                 stream.chunks += 1
                 self.prefilled_chunks += 1
                 n = x.shape[0]
+                if self.narration is not None:
+                    caption = narrate(stream.session, piece, self.tokenizer, self.narration)
+                    stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
+                    n += len(self.tokenizer.encode(caption))
             else:
                 ids = self.tokenizer.encode(piece)
                 stream.session.prefill(ids)
@@ -331,7 +338,8 @@ class EngineLoop:
             own += self._batch.state.memory_bytes()["own"]
         return {"sessions": len(self._streams), "answers": len(self._answers), "state_bytes": own,
                 "steps": self.steps, "prefilled_chunks": self.prefilled_chunks,
-                "session_tokens": {k: s.tokens for k, s in self._streams.items()}}
+                "session_tokens": {k: s.tokens for k, s in self._streams.items()},
+                "captions": {k: s.captions[-8:] for k, s in self._streams.items() if s.captions}}
 
 
 def _deliver(handle: ResponseHandle, token: int) -> None:

@@ -360,13 +360,14 @@ def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AU
 
 
 def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
-    """Greedy answers to `questions` about one clip: the clip is prefilled once, each question is
-    answered from a fork of that session (decoded together, engine.generate.BatchDecoder)."""
+    """Greedy answers to `questions` about one clip: the clip is prefilled once (a narrating model
+    captions each chunk as it goes, fusion.stream.narrate), each question is answered from a fork
+    of that session (decoded together, engine.generate.BatchDecoder)."""
     import torch
 
     from app.engine_loop import question_tail, stream_header
     from engine.generate import BatchDecoder, SamplingParams, Session
-    from fusion.stream import chunk_input
+    from fusion.stream import chunk_input, narrate
 
     tok, decoder = omni.tokenizer, omni.decoder
     placeholder = {"video": omni.settings.image_token_id, "image": omni.settings.image_token_id,
@@ -379,6 +380,8 @@ def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int 
             x = chunk_input(c, tok, decoder.embed, placeholder[c.modality])
             session.check_room(x.shape[0])
             session.prefill(embeds=x)
+            if omni.settings.narration is not None:
+                narrate(session, c, tok, omni.settings.narration)
         answers: list[str] = []
         for first in range(0, len(questions), batch):
             group = BatchDecoder(decoder)

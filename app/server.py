@@ -76,7 +76,7 @@ class Server:
         omni = self.omni
         name = cfg.model_name or (Path(cfg.model_dir).name if cfg.model_dir else "omnistream")
         self.engine = EngineLoop(omni.decoder, omni.tokenizer, image_token_id=omni.settings.image_token_id,
-                                 audio_token_id=omni.settings.audio_token_id)
+                                 audio_token_id=omni.settings.audio_token_id, narration=omni.settings.narration)
         await self.engine.start()
         self.pool = EncoderPool(self.engine, max_frames=cfg.limits.max_pending_frames,
                                 max_audio_s=cfg.limits.max_audio_backlog_s)

@@ -18,6 +18,7 @@ from engine.loader import checkpoint_dtype, load_decoder, open_checkpoint
 from engine.tokenizer import Tokenizer
 from kernels.evs import evs_retention_mask
 
+from .stream import Narration
 from .prompt import IMAGE_TOKEN, AUDIO_TOKEN, MediaEmbedding, OmniInput, build_input, video_frame_labels
 
 
@@ -29,6 +30,7 @@ class OmniSettings:
     audio_token_id: int = 27
     video_pruning_rate: float = 0.0
     temporal_patch: int = 2
+    narration: Narration | None = None      # the model captions each chunk of its stream (fusion.stream)
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config.json") -> "OmniSettings":
@@ -40,7 +42,8 @@ class OmniSettings:
         s = cls(image_token_id=int(pick("image_token_id", "img_context_token_id", default=18)),
                 audio_token_id=int(pick("audio_token_id", "sound_context_token_id", default=27)),
                 video_pruning_rate=float(pick("video_pruning_rate", default=0.0)),
-                temporal_patch=int(pick("video_temporal_patch_size", default=2)))
+                temporal_patch=int(pick("video_temporal_patch_size", default=2)),
+                narration=Narration.from_dict(raw.get("stream_narration"), source))
         if not 0.0 <= s.video_pruning_rate < 1.0:
             raise ValueError(f"{source}: video_pruning_rate must be in [0, 1), got {s.video_pruning_rate}")
         if s.temporal_patch < 1:

@@ -9,7 +9,11 @@ label text that precedes it plus its embeddings between start and end markers:
 
 A session's input is a chat header, then its chunks in time order (audio and video of the same
 moment side by side, the video first, as the reference places audio-in-video after the video),
-then, per question, the question and the assistant header. `ChunkMerger` restores time order
+then, per question, the question and the assistant header. A model whose config.json asks for
+`stream_narration` (the bundled default model) follows each chunk with its own short caption of
+what the chunk holds, `(heard: a bell) ` / `(seen: a pink star) `, generated greedily by the
+model as the chunk arrives (`narrate`): later questions then find events by reading text.
+`ChunkMerger` restores time order
 across modalities that arrive independently; `EvsStream` applies Efficient Video Sampling
 causally, chunk by chunk, for live video.
 """
@@ -72,6 +76,67 @@ def audio_chunk_label(t0: float, t1: float) -> str:
     """The text before an audio chunk: its media time span, as video frame labels give theirs (the
     default model reads audio in short chunks, each placed after the video of the same moment)."""
     return f"Audio from {t0:.2f} to {t1:.2f} seconds: "
+
+
+@dataclass(frozen=True)
+class Narration:
+    """How a narrating model captions each chunk (config.json `stream_narration`): `prefix` opens
+    the caption of a chunk of that modality, the model writes what it holds up to `close`, and
+    the caption ends `close + " "`; at most `max_new_tokens` generated."""
+
+    prefix: dict
+    close: str = ")"
+    max_new_tokens: int = 48
+
+    def caption(self, modality: str, things: list[str]) -> str:
+        """The caption of a chunk holding `things` (the training target; `narrate` writes the same)."""
+        return self.prefix[modality] + ("; ".join(things) or "nothing") + self.close + " "
+
+    def to_dict(self) -> dict:
+        return {"prefix": dict(self.prefix), "close": self.close, "max_new_tokens": self.max_new_tokens}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None, source: str = "config.json") -> "Narration | None":
+        if raw is None:
+            return None
+        prefix = raw.get("prefix") if isinstance(raw, dict) else None
+        if not isinstance(prefix, dict) or not prefix or not all(
+                m in MODALITY_ORDER and isinstance(v, str) and v for m, v in prefix.items()):
+            raise ValueError(f"{source}: stream_narration.prefix must map modalities ({sorted(MODALITY_ORDER)}) "
+                             f"to non-empty text, got {prefix!r}")
+        close, limit = raw.get("close", ")"), raw.get("max_new_tokens", 48)
+        if not isinstance(close, str) or not close or not isinstance(limit, int) or not 1 <= limit <= 512:
+            raise ValueError(f"{source}: stream_narration needs a non-empty close text and max_new_tokens in "
+                             f"1..512, got {close!r}, {limit!r}")
+        return cls(dict(prefix), close, limit)
+
+
+def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> str:
+    """After `chunk` was prefilled into `session`: the model's greedy caption of it, appended to
+    the session as text (tokenized as training tokenized it); returns the caption ("" for a
+    modality the model does not narrate). The caption is written on a fork, so the tokens
+    appended are exactly `tokenizer.encode(caption)`."""
+    from engine.generate import SamplingParams, generate
+
+    if chunk.modality not in narration.prefix:
+        return ""
+    opening = narration.prefix[chunk.modality]
+    fork = session.fork()
+    fork.prefill(tokenizer.encode(opening))
+    params = SamplingParams(max_new_tokens=narration.max_new_tokens, temperature=0.0,
+                            stop_ids=tuple(tokenizer.eos_ids))
+    got: list[int] = []
+    for t in generate(fork, params):
+        got.append(t)
+        text = tokenizer.decode(got)
+        if narration.close in text or "\n" in text:      # a caption is one line
+            break
+    body = tokenizer.decode(got).split(narration.close)[0].split("\n")[0].strip()
+    caption = opening + body + narration.close + " "
+    ids = tokenizer.encode(caption)
+    session.check_room(len(ids))
+    session.prefill(ids)
+    return caption
 
 
 def chunk_input(chunk: EmbeddingChunk, tokenizer, embed, placeholder_id: int) -> torch.Tensor:

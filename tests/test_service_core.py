@@ -17,7 +17,7 @@ from app.vad import EnergyVAD, TurnDetector, make_scorer, silero_model_path
 from engine.generate import SamplingParams, Session, generate
 from engine.loader import load_decoder
 from engine.tokenizer import Tokenizer
-from fusion.stream import EmbeddingChunk, chunk_input
+from fusion.stream import EmbeddingChunk, Narration, chunk_input, narrate
 
 DEFAULT = "assets/default-model"
 
@@ -182,6 +182,73 @@ def test_batched_answers_equal_one_at_a_time_greedy_and_state_is_freed(model):
         assert h.input_tokens == f.length - len(want)
     assert stats["sessions"] == 1 and stats["state_bytes"] > 0
     assert after["sessions"] == 0 and after["state_bytes"] == base["state_bytes"] == 0
+
+
+NARRATION = Narration({"audio": "(heard: ", "video": "(seen: "}, ")", 6)
+
+
+def test_narrate_appends_the_greedy_caption_as_its_own_tokens(model):
+    """The caption is the model's greedy continuation of the opening, cut at the close; the session
+    gets exactly the caption's tokens; a modality the model does not narrate adds nothing."""
+    dec, tok = model
+    chunk = EmbeddingChunk("s", "audio", 0.0, 2.0, "", torch.randn(5, dec.cfg.hidden_size) * 0.5)
+    with torch.inference_mode():
+        s = Session(dec)
+        s.prefill(embeds=chunk_input(chunk, tok, dec.embed, 27))
+        before = s.fork()
+        caption = narrate(s, chunk, tok, NARRATION)
+        assert caption.startswith("(heard: ") and caption.endswith(") ") and "\n" not in caption
+        f = before.fork()
+        f.prefill(tok.encode("(heard: "))
+        greedy = tok.decode(list(generate(f, SamplingParams(max_new_tokens=6, temperature=0.0))))
+        body = greedy.split(")")[0].split("\n")[0].strip()
+        assert caption == f"(heard: {body}) "
+        before.prefill(tok.encode(caption))
+        assert s.length == before.length
+        torch.testing.assert_close(s.logits, before.logits, atol=1e-5, rtol=1e-5)
+        image = EmbeddingChunk("s", "image", 0.0, 0.0, "", torch.randn(4, dec.cfg.hidden_size))
+        assert narrate(s, image, tok, NARRATION) == "" and s.length == before.length
+
+
+def test_narration_config_is_checked():
+    assert Narration.from_dict(None) is None
+    n = Narration.from_dict({"prefix": {"audio": "(heard: "}, "close": ")", "max_new_tokens": 8})
+    assert n.caption("audio", ["a bell", "a tone"]) == "(heard: a bell; a tone) " and n.caption("audio", []) == "(heard: nothing) "
+    for bad in ({"prefix": {"smell": "(sniffed: "}}, {"prefix": {}}, {"prefix": {"audio": "x"}, "max_new_tokens": 0},
+                {"prefix": {"audio": "x"}, "close": ""}, "yes"):
+        with pytest.raises(ValueError, match="stream_narration"):
+            Narration.from_dict(bad, "cfg.json")
+
+
+def test_a_narrating_engine_captions_each_chunk_before_answering(model):
+    dec, tok = model
+    chunks = [EmbeddingChunk("s", m, t, t + 2.0, f"{m} {t}: ", torch.randn(4, dec.cfg.hidden_size) * 0.5, k)
+              for k, (m, t) in enumerate([("video", 0.0), ("audio", 0.0)])]
+
+    async def main():
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27, narration=NARRATION)
+        await e.start()
+        await e.open_session("s", stream_header(), print)
+        for c in chunks:
+            await e.append("s", c)
+        h = await e.respond(ResponseRequest("r", "s", question_tail("what?"), SamplingParams(max_new_tokens=8)))
+        out = [t async for t in h]
+        stats = await e.stats()
+        await e.stop()
+        return out, stats
+
+    out, stats = asyncio.run(main())
+    ref = Session(dec)
+    with torch.inference_mode():
+        ref.prefill(tok.encode(stream_header()))
+        captions = []
+        for c in chunks:
+            ref.prefill(embeds=chunk_input(c, tok, dec.embed, 18 if c.modality == "video" else 27))
+            captions.append(narrate(ref, c, tok, NARRATION))
+        ref.prefill(tok.encode(question_tail("what?")))
+        assert out == list(generate(ref, SamplingParams(max_new_tokens=8, stop_ids=tuple(tok.eos_ids))))
+    assert [c[3] for c in stats["captions"]["s"]] == captions
+    assert captions[0].startswith("(seen: ") and captions[1].startswith("(heard: ")
 
 
 def test_cancel_and_reasoning_budget(model):

@@ -77,11 +77,11 @@ def model_card(metrics: dict) -> str:
         f"{t['final_expert_imbalance']}.",
         f"- Loss: {t['first_loss']:.3f} at the first step, {t['final_loss']:.3f} over the last 5% of steps; "
         f"validation loss {t['final_val_loss']} ({t.get('final_val_loss_swapped_media')} with another clip's media in "
-        "place of each clip's own: the gap is what the model reads from the media).",
-        *([f"- Captions (what the previous chunk holds, before each chunk; fading out from {cfg['caption_fade'][0]:.0%} "
-           f"to {cfg['caption_fade'][1]:.0%} of the run): {t['caption_tokens']:,} caption tokens predicted; held-out "
-           f"caption loss {t['final_val_caption_loss']} ({t['final_val_caption_loss_swapped_media']} with another "
-           "clip's media)."] if t.get("caption_tokens") else []),
+        "place of each clip's own).",
+        *([f"- Narration: every chunk is followed by its caption (what it holds, `(heard: a bell) `), which the "
+           f"model learns to write and writes itself at inference; {t['caption_tokens']:,} caption tokens predicted; "
+           f"held-out caption loss {t['final_val_caption_loss']} ({t['final_val_caption_loss_swapped_media']} with "
+           "another clip's media: the gap is what the model reads from the media)."] if t.get("caption_tokens") else []),
         f"- Time on 2 CPU cores: training {times.get('train_s', 0) / 60:.1f} min"
         + (f", held-out evaluation {times['eval_s'] / 60:.1f} min" if "eval_s" in times else "") + ".",
         "- Curves: " + ", ".join(f"`{c}`" for c in metrics.get("curves", [])) + "; every step: `train_log.jsonl`.",

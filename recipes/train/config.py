@@ -34,6 +34,8 @@ AUDIO = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, interm
              subsampling_conv_stride=2, num_mel_bins=128, attention_bias=False, convolution_bias=True,
              scale_input=False, projection_hidden_size=512, projection_bias=False)
 PROJECTOR_HIDDEN = 512
+# The model narrates its stream (fusion.stream.Narration): after each chunk, what it holds.
+NARRATION = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 48}
 VIDEO_TARGET_PATCHES = 80      # 320x240 frames -> 8x10 patches -> 20 tokens a tubelet after pixel shuffle
 IMAGE_PATCHES = (64, 256)      # min / max patches of an image
 VOCAB_SIZE = 1024
@@ -61,7 +63,7 @@ def omni_config(vocab_size: int = VOCAB_SIZE) -> dict:
             "text_config": text, "vision_config": vision, "audio_config": audio, "downsample_ratio": 0.5,
             "projector_hidden_size": PROJECTOR_HIDDEN, "vision_hidden_size": v["hidden_size"], "force_image_size": None,
             "image_token_id": 18, "video_token_id": 21, "audio_token_id": 27, "video_pruning_rate": 0.0,
-            "video_temporal_patch_size": v["video_temporal_patch_size"]}
+            "video_temporal_patch_size": v["video_temporal_patch_size"], "stream_narration": NARRATION}
 
 
 def processor_config() -> dict:
@@ -113,15 +115,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
     context_weight: float = 0.2         # weight of the read text's tokens (labels, questions, options) in the loss
-    # captions (data.chunk_caption): each chunk is captioned with probability caption_share(progress),
-    # 1.0 until caption_fade[0], falling linearly to 0 at caption_fade[1]; the run ends without them
-    caption_fade: tuple = (0.25, 0.7)
+    caption_share: float = 1.0          # chunks followed by their caption (1: the narrating layout inference uses)
     caption_weight: float = 1.0         # weight of a caption token in the loss
     timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step
-    answer: str = "letter"              # after </think>: "letter" "(C) option text", or "text" "option text"
+    # after </think>: "letter" "(C) option text", or "text" "option text" (the scorer maps it to its
+    # letter). A first run never bound an option to its letter: the letter was at chance even after
+    # the gold reasoning (1 of 31), while it copied an option's text reliably.
+    answer: str = "text"
     # phase 2 (off by default, 0 steps): a short run from phase 1's weights (fresh optimizer, seed + 1)
     # whose answers are the chosen option's text alone. After the shipped recipe's phase 1 the model
     # did not bind an option to its letter (a lookup in the question): the letter was at chance even
@@ -143,22 +146,14 @@ class TrainConfig:
         d = asdict(self)
         d["train_bands"] = [list(b) for b in self.train_bands]
         d["band_start"] = list(self.band_start)
-        d["caption_fade"] = list(self.caption_fade)
         return d
 
     def finetune(self) -> "TrainConfig":
         """Phase 2's settings: all length bands open from its start."""
         return replace(self, seed=self.seed + 1, steps=self.finetune_steps, lr=self.finetune_lr,
                        warmup_steps=min(self.warmup_steps, max(1, self.finetune_steps // 20)),
-                       band_start=(0.0,) * len(self.train_bands), answer=self.finetune_answer, caption_fade=(0.0, 0.0),
+                       band_start=(0.0,) * len(self.train_bands), answer=self.finetune_answer,
                        finetune_steps=0)
-
-    def caption_share(self, progress: float) -> float:
-        """Probability that a chunk is captioned at this point of the run (0..1)."""
-        a, b = self.caption_fade
-        if progress < a:
-            return 1.0
-        return max(0.0, 1.0 - (progress - a) / (b - a)) if b > a else 0.0
 
     @property
     def longest_train_s(self) -> float:

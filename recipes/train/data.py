@@ -11,11 +11,11 @@ A training example is a clip with its questions (MMOU items; the target is the i
 `reasoning`) plus one timeline item that lists every event of the clip with its time span:
 dense supervision for what is seen and heard, and when.
 
-Early in training, chunks are also captioned: the text before a chunk starts with what the
-previous chunk holds (`(heard: a bell) `, `(seen: a pink star) `), and the model predicts it.
-The questions alone never made the decoder read the media (the loss with another clip's media in
-place was the same); a caption right after its chunk is a local signal it learns from at once.
-Captions fade out during the run, so the model ends on the layout inference uses (no captions).
+Each chunk is followed by its caption (`(heard: a bell) `, `(seen: a pink star) `), which the
+model learns to write: the model narrates its stream (fusion.stream.Narration), and at inference
+writes these captions itself as chunks arrive. The questions alone never made the decoder read
+the media (in a first run the loss with another clip's media in place was the same); a caption
+right after its chunk is a local signal it learns from at once, and the questions then read text.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from safetensors.torch import load_file, save_file
 
 from app.evaluate import audio_chunks, question_prompt, parse_item, video_chunks
 from app.timestamps import format_reasoning
-from fusion.stream import EmbeddingChunk
+from fusion.stream import EmbeddingChunk, Narration
+
+from .config import NARRATION as NARRATION_CONFIG
 
 TIMELINE_QUESTION = "What happens in this clip? List every thing seen and heard, with its time span."
 
@@ -190,16 +192,19 @@ def timeline_steps(timeline: dict) -> list[tuple[float, float, str]]:
     return steps
 
 
+NARRATION = Narration.from_dict(NARRATION_CONFIG, "recipes.train.config.NARRATION")
+
+
 def chunk_caption(timeline: dict, chunk: dict) -> str:
     """What a chunk (a `meta` entry) holds, in the generator's words: the audio events centred in
     its span, or the visual events on screen in either frame of its tubelet."""
     events = timeline["events"]
     if chunk["modality"] == "audio":
         got = [e["label"] for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
-        return "(heard: " + ("; ".join(got) or "nothing") + ") "
-    got = [e["label"] for e in events if e["modality"] == "visual"
-           and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
-    return "(seen: " + ("; ".join(got) or "nothing") + ") "
+    else:
+        got = [e["label"] for e in events if e["modality"] == "visual"
+               and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
+    return NARRATION.caption(chunk["modality"], got)
 
 
 def timeline_target(timeline: dict) -> str:

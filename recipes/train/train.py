@@ -140,22 +140,22 @@ class Trainer:
     def prefix(self, clip: Clip, evs_rate: float = 0.0, captioned=()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P, D) decoder input of the clip's session, through the projectors; its (P,) token ids
         (media positions hold their placeholder ids); and a (P,) mask of caption tokens. Chunk k in
-        `captioned` (k >= 1) is preceded by the caption of chunk k - 1 (data.chunk_caption)."""
+        `captioned` is followed by its caption (data.chunk_caption), as a narrating model writes it."""
         video = self.vision.mlp1(clip.video)
         audio = self.audio.projection(clip.audio)
         keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         embed = self.decoder.embed
         parts, ids, caption = [embed(torch.tensor([self.header]))[0]], list(self.header), [False] * len(self.header)
         for k, c in enumerate(clip.chunks(video, audio, keep)):
-            if k in captioned:
-                cap = self.tok.encode(chunk_caption(clip.timeline, clip.meta[k - 1]))
-                parts.append(embed(torch.tensor([cap]))[0])
-                ids += cap
-                caption += [True] * len(cap)
             parts.append(chunk_input(c, self.tok, embed, self.placeholder[c.modality]))
             own = self.tok.encode(c.text())
             ids += own
             caption += [False] * len(own)
+            if k in captioned:
+                cap = self.tok.encode(chunk_caption(clip.timeline, clip.meta[k]))
+                parts.append(embed(torch.tensor([cap]))[0])
+                ids += cap
+                caption += [True] * len(cap)
         return torch.cat(parts), torch.tensor(ids), torch.tensor(caption)
 
     def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -294,8 +294,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
                 g["lr"] = lr * g["lr_scale"]
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
-            share = cfg.caption_share(step / max(1, steps))
-            captioned = {k for k in range(1, len(clip.meta)) if rng.random() < share} if share > 0 else set()
+            captioned = {k for k in range(len(clip.meta)) if rng.random() < cfg.caption_share}
             loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -325,10 +324,10 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
 
 @torch.no_grad()
 def validate(trainer: Trainer, clips: list[Clip], cfg) -> dict[str, float]:
-    """Losses over held-out clips (EVS off), each with the clip's own media and with the next
-    clip's media in its place (cycled to its layout); equal losses mean the model does not read
-    the media. `val_loss`: the target tokens of all its items (no timeline item), in the layout
-    inference uses; `val_caption_loss`: the captions' tokens, every chunk captioned."""
+    """Losses over held-out clips in the narrating layout (every chunk captioned, EVS off): the
+    target tokens of all their items (no timeline item), `val_loss`, and the captions' tokens,
+    `val_caption_loss`; each also with the next clip's media in place of the clip's own (cycled to
+    its layout, `*_swapped_media`). Equal caption losses mean the model does not read the media."""
     trainer.decoder.eval()
     sums = dict.fromkeys(("val_loss", "val_loss_swapped_media", "val_caption_loss", "val_caption_loss_swapped_media"), 0.0)
     qa_n = cap_n = 0
@@ -337,12 +336,11 @@ def validate(trainer: Trainer, clips: list[Clip], cfg) -> dict[str, float]:
         other = clips[(k + 1) % len(clips)]
         fake = dataclasses.replace(clip, video=other.video[torch.arange(clip.video.shape[0]) % other.video.shape[0]],
                                    audio=other.audio[torch.arange(clip.audio.shape[0]) % other.audio.shape[0]])
-        everything = set(range(1, len(clip.meta)))
+        everything = set(range(len(clip.meta)))
         for media, suffix in ((clip, ""), (fake, "_swapped_media")):    # the same layout: the same token counts
-            qa = trainer.loss(media, items, False)[1]
-            cap = trainer.loss(media, items[:1], False, captioned=everything)[1]
-            sums["val_loss" + suffix] += qa["qa_loss"] * qa["qa_tokens"]
-            sums["val_caption_loss" + suffix] += cap["caption_loss"] * cap["caption_tokens"]
-        qa_n += qa["qa_tokens"]
-        cap_n += cap["caption_tokens"]
+            stats = trainer.loss(media, items, False, captioned=everything)[1]
+            sums["val_loss" + suffix] += stats["qa_loss"] * stats["qa_tokens"]
+            sums["val_caption_loss" + suffix] += stats["caption_loss"] * stats["caption_tokens"]
+        qa_n += stats["qa_tokens"]
+        cap_n += stats["caption_tokens"]
     return {k: v / max(1, cap_n if "caption" in k else qa_n) for k, v in sums.items()}
