@@ -101,6 +101,7 @@ class _Batch(BatchDecoder):
 class _Stream:
     session: Session
     on_error: object                   # callable(code, message), run on the asyncio side
+    on_caption: object = None          # callable(chunk, caption), run on the asyncio side
     tokens: int = 0
     chunks: int = 0
     captions: list = field(default_factory=list)   # (modality, t0, t1, caption) a narrating model wrote
@@ -152,8 +153,10 @@ class EngineLoop:
                 pass
         self._thread.shutdown(wait=True)
 
-    async def open_session(self, sid: str, header: str, on_error) -> None:
-        await self.inbox.put(("open", sid, header, on_error))
+    async def open_session(self, sid: str, header: str, on_error, on_caption=None) -> None:
+        """A new stream: `on_error(code, message)` reports a failed append; a narrating model's
+        caption of each chunk goes to `on_caption(chunk, caption)` (both run on the asyncio side)."""
+        await self.inbox.put(("open", sid, header, on_error, on_caption))
 
     async def append(self, sid: str, piece: str | EmbeddingChunk) -> None:
         """Queue text or a chunk for the session's stream (waits while the inbox is full)."""
@@ -211,8 +214,8 @@ class EngineLoop:
     def _command(self, cmd, out: list) -> int:
         kind = cmd[0]
         if kind == "open":
-            _, sid, header, on_error = cmd
-            self._streams[sid] = stream = _Stream(Session(self.decoder), on_error)
+            _, sid, header, on_error, on_caption = cmd
+            self._streams[sid] = stream = _Stream(Session(self.decoder), on_error, on_caption)
             return self._prefill(sid, stream, header, out)
         if kind == "append":
             _, sid, piece = cmd
@@ -249,6 +252,8 @@ class EngineLoop:
                     caption = narrate(stream.session, piece, self.tokenizer, self.narration)
                     stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
                     n += len(self.tokenizer.encode(caption))
+                    if caption and stream.on_caption is not None:
+                        out.append(lambda c=piece, t=caption: stream.on_caption(c, t))
             else:
                 ids = self.tokenizer.encode(piece)
                 stream.session.prefill(ids)

@@ -256,10 +256,16 @@ class RealtimeSession:
     async def ensure_engine(self) -> None:
         if not self.engine_open:
             self.engine_open = True
-            await self.hub.engine.open_session(self.id, stream_header(self.instructions), self._engine_error)
+            await self.hub.engine.open_session(self.id, stream_header(self.instructions), self._engine_error,
+                                               self._narration)
 
     def _engine_error(self, code: str, message: str) -> None:
         asyncio.get_running_loop().create_task(self.emit(error_event(code, message, type_="server_error")))
+
+    def _narration(self, chunk, caption: str) -> None:
+        """A narrating model's caption of a chunk it just read (what it perceives, as it streams)."""
+        self.emit_nowait({"type": "media.narration", "modality": chunk.modality, "start_ms": round(chunk.t0 * 1000),
+                          "end_ms": round(chunk.t1 * 1000), "text": caption.strip()})
 
     async def submit(self, msg) -> int:
         await self.ensure_engine()

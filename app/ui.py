@@ -157,6 +157,7 @@ MEDIA_PANEL = """
   <div class="omni-progress" hidden><div class="omni-progress-bar"></div></div>
   <div class="omni-intake" role="status"></div>
   <div class="omni-error" role="alert" hidden></div>
+  <ol class="omni-narration" aria-label="what the model perceived, chunk by chunk, as it read the stream" hidden></ol>
 </div>
 """
 

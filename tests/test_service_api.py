@@ -343,6 +343,40 @@ def test_streamed_audio_and_frames_reach_the_decoder_and_an_answer_follows(media
     assert media_server.state.pool.chunks_received >= 2
 
 
+def test_a_narrating_model_reports_its_caption_of_each_chunk(omni_dir, tmp_path):
+    """With config.json's stream_narration, every chunk read is followed by the model's caption of
+    it, sent as `media.narration` with the chunk's time span, as the engine prefilled it."""
+    import shutil
+    narrating = tmp_path / "narrating"
+    shutil.copytree(omni_dir, narrating)
+    cfg = json.loads((narrating / "config.json").read_text())
+    cfg["stream_narration"] = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 4}
+    (narrating / "config.json").write_text(json.dumps(cfg))
+    srv = RunningServer(create_app(ServerConfig(model_dir=narrating, model_name="narrating", vad="energy")))
+    try:
+        async def main():
+            async with websockets.connect(srv.url, max_size=None) as ws:
+                sid = (await events_until(ws, "session.created"))["session"]["id"]
+                await ws.send(json.dumps({"type": "session.update", "session": {
+                    "audio": {"input": {"turn_detection": None}}}}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(pcm16(1.0)).decode()}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                await ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 2}}))
+                seen: list[dict] = []
+                await events_until(ws, "response.done", sink=seen)
+                narration = [e for e in seen if e["type"] == "media.narration"]
+                stats = srv.call(srv.state.engine.stats())
+            return narration, stats["captions"][sid]
+        narration, captions = run(main())
+    finally:
+        srv.stop()
+    first = narration[0]
+    assert first["modality"] == "audio" and first["start_ms"] == 0 and first["end_ms"] > 0
+    assert first["text"].startswith("(heard: ") and first["text"].endswith(")")
+    assert first["text"] == captions[0][3].strip()
+
+
 # ---- chat completions ----------------------------------------------------------------------------------
 
 def test_chat_completions_plain_and_streaming(scripted):

@@ -182,6 +182,40 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     ui.check_clean()
 
 
+def test_a_narrating_models_captions_are_listed_and_seek_the_player(ui):
+    """With a narrating model, each chunk's caption is listed under the player as it is read; its
+    time chip seeks the player in the browser."""
+    from fusion.stream import Narration
+    engine = ui.server.state.engine
+    engine.narration = Narration({"audio": "(heard: ", "video": "(seen: "}, ")", 3)
+    try:
+        p = ui.page
+        ui.open()
+        p.locator("#omni-demos button", has_text=ui.server.demo_clip.name).click()
+        p.wait_for_function("document.querySelector('.omni-intake')?.dataset.ready === '1'", timeout=60000)
+        count = -1
+        while count != sum(e["type"] == "media.narration" for e in ui.got):   # until the engine caught up
+            count = sum(e["type"] == "media.narration" for e in ui.got)
+            p.wait_for_timeout(500)
+        narration = [e for e in ui.got if e["type"] == "media.narration"]
+        assert {e["modality"] for e in narration} == {"video", "audio"} and narration[-1]["end_ms"] >= (CLIP_S - 2) * 1000
+        lines = p.locator(".omni-narration li")
+        p.wait_for_function(f"document.querySelectorAll('.omni-narration li').length === {min(8, len(narration))}")
+        last = narration[-1]
+        assert lines.last.inner_text().endswith(last["text"].strip("()"))
+        p.wait_for_function("document.querySelector('.omni-player video').readyState >= 1")
+        chip = lines.nth(0).locator(".omni-chip")
+        start_ms = int(chip.get_attribute("data-start-ms"))
+        assert start_ms == narration[-min(8, len(narration))]["start_ms"]
+        chip.click()
+        p.wait_for_function(f"Math.abs(document.querySelector('.omni-player video').currentTime - {start_ms / 1000}) < 0.01",
+                            timeout=5000)
+        ui.shot("05-narration")
+        ui.check_clean()
+    finally:
+        engine.narration = None
+
+
 def test_microphone_and_camera_stream_and_questions_are_answered_mid_stream(ui):
     p = ui.page
     ui.open()

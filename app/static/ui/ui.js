@@ -45,6 +45,8 @@
     return e;
   }
 
+  const NARRATION_LINES = 8;
+
   function fmtTime(ms) {
     const s = Math.max(0, ms) / 1000;
     const m = Math.floor(s / 60);
@@ -226,6 +228,7 @@
         this._error(error);
       });
       os.on("media.progress", (e) => this._progress(e));
+      os.on("media.narration", (e) => this._narration(e));
       os.on("conversation.item.done", (e) => this._itemDone(e.item));
       os.on("media.dropped", (e) => this.status("The server is behind: " + e.total_dropped + " camera frame(s) dropped so far."));
       os.on("input_audio_buffer.speech_started", () => this.status("Listening..."));
@@ -667,6 +670,21 @@
       this.progress(e.done_ms / e.total_ms);
       this.status("Decoding and encoding: " + (e.done_ms / 1000).toFixed(1) + " of " + (e.total_ms / 1000).toFixed(1) + " s.");
       this.source.totalMs = e.total_ms;
+    }
+
+    // A narrating model's caption of each chunk it read: the latest few, each seeking to its chunk.
+    _narration(e) {
+      if (!this.media || !e.text) return;
+      const list = $(this.media, ".omni-narration");
+      const li = el("li", "omni-narration-line");
+      const chip = el("button", "omni-chip", fmtSpan(e));
+      chip.type = "button";
+      chip.dataset.startMs = String(e.start_ms);
+      chip.title = "seek to " + fmtTime(e.start_ms);
+      li.append(chip, el("span", "", " " + e.text.replace(/^\(|\)$/g, "")));
+      list.append(li);
+      while (list.children.length > NARRATION_LINES) list.firstChild.remove();
+      list.hidden = false;
     }
 
     _itemDone(item) {
