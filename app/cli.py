@@ -47,11 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--video", type=Path, action="append", default=[], help="a video file (repeatable)")
     m.add_argument("--audio", type=Path, action="append", default=[], help="an audio file (repeatable)")
     m.add_argument("--video-audio", action="store_true", help="also feed each video's audio track, after the video")
-    m.add_argument("--fps", type=float, default=None, help="sample videos at this rate (default 2)")
+    m.add_argument("--fps", type=float, default=None, help="sample videos at this rate (default 2; 1 in the stream layout)")
     m.add_argument("--num-frames", type=int, default=None, help="sample N frames evenly spaced instead of --fps")
-    m.add_argument("--max-frames", type=int, default=128, help="at most this many frames a video (default 128)")
+    m.add_argument("--max-frames", type=int, default=None,
+                   help="at most this many frames a video (default 128; 512 in the stream layout)")
     m.add_argument("--evs", type=float, default=None, metavar="RATE",
                    help="Efficient Video Sampling pruning rate in [0, 1) (default: the checkpoint's)")
+    m.add_argument("--layout", choices=["reference", "stream"], default=None,
+                   help="reference: media placeholders before the prompt, as the released processor builds them; "
+                        "stream: each --video / --audio file read as a live session reads it (chunks in time "
+                        "order with their time labels, a narrating model's caption after each), then the prompt. "
+                        "Default: stream for a narrating model (the bundled one), else reference")
     from app.evaluate import eval_arguments
     sub.add_parser("eval", parents=[eval_arguments()], help="accuracy and grounding on MMOU-format items")
     _add_service_commands(sub)
@@ -82,7 +88,7 @@ def _media_embeddings(args, omni, text: str | None):
     for path in args.video:
         def video(path=path):
             clip = sample_video(path, fps=None if args.num_frames else (args.fps or 2.0),
-                                num_frames=args.num_frames, max_frames=args.max_frames)
+                                num_frames=args.num_frames, max_frames=args.max_frames or 128)
             return omni.embed_video(clip.frames, clip.indices, clip.avg_fps, evs_rate=args.evs)
         queues["video"].append(video)
         if args.video_audio:
@@ -103,6 +109,47 @@ def _media_embeddings(args, omni, text: str | None):
                          + ", ".join(PLACEHOLDERS.values()) + " per medium")
     media = [queues[k].pop(0)() for k in kinds]
     return media, "".join(PLACEHOLDERS[k] + "\n" for k in kinds)
+
+
+def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], dict[str, int]]:
+    """The stream layout into `session`: the chat header, each file's chunks in time order (each
+    followed by a narrating model's caption of it), then the prompt as a question. Returns the
+    input's ids (placeholders at media positions) and its token counts."""
+    import torch
+    from tqdm import tqdm
+
+    from app.engine_loop import question_tail, stream_header
+    from app.evaluate import MAX_FRAMES, VIDEO_FPS, media_chunks
+    from fusion.stream import chunk_input, narrate
+
+    if args.image or args.raw or args.video_audio or args.num_frames is not None:
+        raise ValueError("--layout stream reads --video and --audio files as a session does (a video with its "
+                         "audio track); it takes no --image, --raw, --video-audio or --num-frames")
+    if not (args.video or args.audio):
+        raise ValueError("--layout stream needs a --video or --audio file")
+    tok, embed = omni.tokenizer, omni.decoder.embed
+    placeholder = {"video": omni.settings.image_token_id, "audio": omni.settings.audio_token_id}
+    ids = tok.encode(stream_header(args.system))
+    counts = {"text": 0, "image": 0, "video": 0, "audio": 0}
+    with torch.inference_mode():
+        session.prefill(ids)
+        for path in args.video + args.audio:
+            chunks = media_chunks(omni, path, fps=args.fps or VIDEO_FPS, evs_rate=args.evs,
+                                  max_frames=args.max_frames or MAX_FRAMES)
+            for c in tqdm(chunks, unit="chunk", desc=f"read {Path(path).name}", file=sys.stderr, disable=len(chunks) < 20):
+                x = chunk_input(c, tok, embed, placeholder[c.modality])
+                session.check_room(x.shape[0])
+                session.prefill(embeds=x)
+                ids += tok.encode(c.text())
+                counts[c.modality] += c.num_tokens
+                if omni.settings.narration is not None:
+                    ids += tok.encode(narrate(session, c, tok, omni.settings.narration))
+        tail = tok.encode(question_tail(args.prompt, reasoning))
+        session.check_room(len(tail) + 1)
+        session.prefill(tail)
+    ids += tail
+    counts["text"] = len(ids) - counts["video"] - counts["audio"]
+    return ids, counts
 
 
 def generate_command(args) -> int:
@@ -128,20 +175,38 @@ def generate_command(args) -> int:
                           mtp=bool(args.speculative), tokenizer=tok)
     model = omni.decoder
     load_s = time.perf_counter() - t0
+    layout = args.layout or ("stream" if omni.settings.narration is not None and (args.video or args.audio)
+                             and not args.raw else "reference")
+    session = Session(model, speculative=bool(args.speculative))
     t_media = time.perf_counter()
-    media, placeholders = _media_embeddings(args, omni, args.prompt if args.raw else None)
-    media_s = time.perf_counter() - t_media
-    if args.raw:
-        text = args.prompt
+    if layout == "stream":
+        prompt_ids, token_counts = _stream_prefill(args, omni, session, reasoning)
+        media_s = time.perf_counter() - t_media
+        prefill_s = 0.0                  # included in media_s: chunks are encoded and prefilled in turn
     else:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        text = build_chat_prompt(messages + [{"role": "user", "content": placeholders + args.prompt}],
-                                 reasoning=reasoning)
-    inp = omni.prepare(text, media)
-    prompt_ids = inp.ids
-    if not prompt_ids:
-        raise ValueError("the prompt is empty")
-    embeds = omni.input_embeds(inp)
+        media, placeholders = _media_embeddings(args, omni, args.prompt if args.raw else None)
+        media_s = time.perf_counter() - t_media
+        if args.raw:
+            text = args.prompt
+        else:
+            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            text = build_chat_prompt(messages + [{"role": "user", "content": placeholders + args.prompt}],
+                                     reasoning=reasoning)
+        inp = omni.prepare(text, media)
+        prompt_ids, token_counts = inp.ids, inp.token_counts()
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        embeds = omni.input_embeds(inp)
+        session.check_room(len(prompt_ids))
+        t1 = time.perf_counter()
+        # Long prompts are prefilled in pieces (the same result as one pass) behind a progress bar.
+        piece = 1024
+        with tqdm(total=len(prompt_ids), unit="tok", desc="prefill", file=sys.stderr,
+                  disable=len(prompt_ids) <= 4 * piece) as bar:
+            for i in range(0, len(prompt_ids), piece):
+                session.prefill(embeds=embeds[i:i + piece])
+                bar.update(len(prompt_ids[i:i + piece]))
+        prefill_s = time.perf_counter() - t1
     greedy = args.greedy or args.temperature == 0 or args.speculative
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -149,18 +214,6 @@ def generate_command(args) -> int:
         top_k=args.top_k,
         top_p=args.top_p if args.top_p is not None else (0.95 if reasoning and not greedy else 1.0),
         stop_ids=tuple(tok.eos_ids), seed=args.seed)
-
-    session = Session(model, speculative=bool(args.speculative))
-    session.check_room(len(prompt_ids))
-    t1 = time.perf_counter()
-    # Long prompts are prefilled in pieces (the same result as one pass) behind a progress bar.
-    piece = 1024
-    with tqdm(total=len(prompt_ids), unit="tok", desc="prefill", file=sys.stderr,
-              disable=len(prompt_ids) <= 4 * piece) as bar:
-        for i in range(0, len(prompt_ids), piece):
-            session.prefill(embeds=embeds[i:i + piece])
-            bar.update(len(prompt_ids[i:i + piece]))
-    prefill_s = time.perf_counter() - t1
     budget = None
     if args.reasoning_budget is not None and reasoning and not args.raw:
         end = tok.token_id(THINK_END)
@@ -206,7 +259,7 @@ def generate_command(args) -> int:
                                 "steps": session.spec.steps}
     if args.json:
         print(json.dumps({"prompt_ids": prompt_ids, "output_ids": out_ids, "text": text_out,
-                          "token_counts": inp.token_counts(), "stats": stats}))
+                          "token_counts": token_counts, "layout": layout, "stats": stats}))
     else:
         print(f"[{stats['prompt_tokens']} prompt tokens in {prefill_s:.2f}s, {len(out_ids)} tokens at "
               f"{stats['decode_tokens_per_s']} tok/s]", file=sys.stderr)

@@ -127,6 +127,17 @@ def test_eval_command_narrates_each_chunk_then_answers(data, tmp_path):
             want = [t for t in generate(f, SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=tuple(tok.eos_ids)))
                     if t not in tok.eos_ids]
             assert got[it["question_id"]] == tok.decode(want)
+    # `python -m app generate` reads a file in the same layout by default for a narrating model
+    it = chosen[0]
+    r = subprocess.run([sys.executable, "-m", "app", "generate", "--model", str(tok_dir), "--video",
+                        str(folder / it["video"]), "--prompt", question_prompt(parse_item(it, "x")), "--greedy",
+                        "--max-new-tokens", "12", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["layout"] == "stream" and out["text"] == got[it["question_id"]]
+    assert tok.decode(out["prompt_ids"]).startswith(stream_header()) and "(heard: " in tok.decode(out["prompt_ids"])
+    assert out["token_counts"]["video"] + out["token_counts"]["audio"] == sum(
+        c.num_tokens for c in media_chunks(omni, folder / it["video"]))
 
 
 def test_shared_prefix_batch_equals_separate_sequences(data):
