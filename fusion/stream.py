@@ -127,6 +127,8 @@ def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> 
                             stop_ids=tuple(tokenizer.eos_ids))
     got: list[int] = []
     for t in generate(fork, params):
+        if t in params.stop_ids:
+            break
         got.append(t)
         text = tokenizer.decode(got)
         if narration.close in text or "\n" in text:      # a caption is one line
