@@ -120,9 +120,11 @@ def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> 
 
     if chunk.modality not in narration.prefix:
         return ""
-    opening = narration.prefix[chunk.modality]
+    # The opening without its trailing space: byte-level BPE puts a word's space in the word's
+    # token (" a", " bell"), so "(heard: " + " a" would never have been seen in training.
+    head = narration.prefix[chunk.modality].rstrip()
     fork = session.fork()
-    fork.prefill(tokenizer.encode(opening))
+    fork.prefill(tokenizer.encode(head))
     params = SamplingParams(max_new_tokens=narration.max_new_tokens, temperature=0.0,
                             stop_ids=tuple(tokenizer.eos_ids))
     got: list[int] = []
@@ -133,8 +135,8 @@ def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> 
         text = tokenizer.decode(got)
         if narration.close in text or "\n" in text:      # a caption is one line
             break
-    body = tokenizer.decode(got).split(narration.close)[0].split("\n")[0].strip()
-    caption = opening + body + narration.close + " "
+    body = (head + tokenizer.decode(got)).split(narration.close)[0].split("\n")[0].rstrip()
+    caption = body + narration.close + " "
     ids = tokenizer.encode(caption)
     session.check_room(len(ids))
     session.prefill(ids)

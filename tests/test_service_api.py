@@ -373,7 +373,7 @@ def test_a_narrating_model_reports_its_caption_of_each_chunk(omni_dir, tmp_path)
         srv.stop()
     first = narration[0]
     assert first["modality"] == "audio" and first["start_ms"] == 0 and first["end_ms"] > 0
-    assert first["text"].startswith("(heard: ") and first["text"].endswith(")")
+    assert first["text"].startswith("(heard:") and first["text"].endswith(")")
     assert first["text"] == captions[0][3].strip()
 
 

@@ -69,6 +69,53 @@ def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None) -> dict:
     return m
 
 
+def narration_accuracy(model_dir: Path, folder: Path) -> dict:
+    """How well a narrating model captions the chunks of the clips in `folder` (clips/*.mp4 with
+    their timelines/*.json), read as `python -m app eval` reads them (EVS off): per modality, the
+    share of chunks whose caption is exactly the timeline's, and of the things the captions name,
+    the share that are there (precision) and of the things there, the share named (recall)."""
+    import torch
+
+    from app.engine_loop import stream_header
+    from app.evaluate import media_chunks
+    from engine.generate import Session
+    from fusion.omni import OmniModel
+    from fusion.stream import chunk_input, narrate
+
+    from .data import NARRATION, chunk_caption
+
+    omni = OmniModel.load(model_dir)
+    tok, narration = omni.tokenizer, omni.settings.narration
+    if narration is None:
+        raise ValueError(f"{model_dir}: the model does not narrate (no stream_narration in config.json)")
+    placeholder = {"video": omni.settings.image_token_id, "audio": omni.settings.audio_token_id}
+    counts: dict[str, dict[str, int]] = {}
+
+    def things(caption: str, modality: str) -> set[str]:
+        body = caption[len(NARRATION.prefix[modality]):-len(NARRATION.close) - 1]
+        return set() if body == "nothing" else set(body.split("; "))
+
+    for mp4 in sorted((Path(folder) / "clips").glob("*.mp4")):
+        timeline = json.loads((Path(folder) / "timelines" / f"{mp4.stem}.json").read_text())
+        with torch.inference_mode():
+            session = Session(omni.decoder)
+            session.prefill(tok.encode(stream_header()))
+            for c in media_chunks(omni, mp4, evs_rate=0.0):
+                session.prefill(embeds=chunk_input(c, tok, omni.decoder.embed, placeholder[c.modality]))
+                said = narrate(session, c, tok, narration)
+                gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1})
+                n = counts.setdefault(c.modality, dict.fromkeys(("chunks", "exact", "named", "named_right", "there"), 0))
+                n["chunks"] += 1
+                n["exact"] += said == gold
+                got, want = things(said, c.modality), things(gold, c.modality)
+                n["named"] += len(got)
+                n["named_right"] += len(got & want)
+                n["there"] += len(want)
+    return {m: {"chunks": n["chunks"], "exact": round(n["exact"] / max(1, n["chunks"]), 4),
+                "precision": round(n["named_right"] / max(1, n["named"]), 4),
+                "recall": round(n["named_right"] / max(1, n["there"]), 4)} for m, n in counts.items()}
+
+
 def load_trained(folder, decoder, vision, audio) -> None:
     """The trained parts (decoder, both projectors) from a checkpoint this recipe wrote; its towers
     must be the seeded ones these modules already hold."""
@@ -205,6 +252,8 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                                   "evs_off": evaluate_set(out, long, 0.0),
                                   f"evs_{EVS_EVAL_RATE}": evaluate_set(out, long, EVS_EVAL_RATE)},
         }
+        metrics["eval"]["narration"] = {"data": metrics["eval"]["heldout"]["data"],
+                                        **narration_accuracy(out, short.parent)}
         times["eval_s"] = round(time.perf_counter() - t, 1)
     times["total_s"] = round(time.perf_counter() - t0, 1)
     metrics["timings"] = times
@@ -266,6 +315,11 @@ def main(argv=None) -> int:
     pr.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/train"))
     c = sub.add_parser("card", help="redraw a run folder's curves and rewrite its metrics' log part and its card (README.md)")
     c.add_argument("--out", type=Path, required=True)
+    n = sub.add_parser("narration", help="how well a narrating model captions the chunks of held-out clips")
+    n.add_argument("--model", type=Path, required=True)
+    n.add_argument("--data", type=Path, required=True, help="a folder with clips/*.mp4 and timelines/*.json")
+    n.add_argument("--into-metrics", action="store_true",
+                   help="also record the result as eval.narration in the model folder's metrics.json")
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=7)
@@ -277,6 +331,15 @@ def main(argv=None) -> int:
             return 0
         if args.command == "card":
             print(f"wrote {refresh_card(args.out)}")
+            return 0
+        if args.command == "narration":
+            got = narration_accuracy(args.model, args.data)
+            print(json.dumps(got, indent=1))
+            if args.into_metrics:
+                path = args.model / "metrics.json"
+                metrics = json.loads(path.read_text())
+                metrics.setdefault("eval", {})["narration"] = {"data": str(args.data), **got}
+                path.write_text(json.dumps(metrics, indent=1) + "\n")
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")
