@@ -120,15 +120,13 @@ def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], di
 
     from app.engine_loop import question_tail, stream_header
     from app.evaluate import MAX_FRAMES, VIDEO_FPS, media_chunks
-    from fusion.stream import chunk_input, narrate
 
     if args.image or args.raw or args.video_audio or args.num_frames is not None:
         raise ValueError("--layout stream reads --video and --audio files as a session does (a video with its "
                          "audio track); it takes no --image, --raw, --video-audio or --num-frames")
     if not (args.video or args.audio):
         raise ValueError("--layout stream needs a --video or --audio file")
-    tok, embed = omni.tokenizer, omni.decoder.embed
-    placeholder = {"video": omni.settings.image_token_id, "audio": omni.settings.audio_token_id}
+    tok = omni.tokenizer
     ids = tok.encode(stream_header(args.system))
     counts = {"text": 0, "image": 0, "video": 0, "audio": 0}
     with torch.inference_mode():
@@ -137,13 +135,8 @@ def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], di
             chunks = media_chunks(omni, path, fps=args.fps or VIDEO_FPS, evs_rate=args.evs,
                                   max_frames=args.max_frames or MAX_FRAMES)
             for c in tqdm(chunks, unit="chunk", desc=f"read {Path(path).name}", file=sys.stderr, disable=len(chunks) < 20):
-                x = chunk_input(c, tok, embed, placeholder[c.modality])
-                session.check_room(x.shape[0])
-                session.prefill(embeds=x)
-                ids += tok.encode(c.text())
+                ids += omni.read_chunk(session, c)[0]
                 counts[c.modality] += c.num_tokens
-                if omni.settings.narration is not None:
-                    ids += tok.encode(narrate(session, c, tok, omni.settings.narration))
         tail = tok.encode(question_tail(args.prompt, reasoning))
         session.check_room(len(tail) + 1)
         session.prefill(tail)

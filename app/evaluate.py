@@ -361,27 +361,19 @@ def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AU
 
 def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
     """Greedy answers to `questions` about one clip: the clip is prefilled once (a narrating model
-    captions each chunk as it goes, fusion.stream.narrate), each question is answered from a fork
+    captions each chunk as it goes, OmniModel.read_chunk), each question is answered from a fork
     of that session (decoded together, engine.generate.BatchDecoder)."""
     import torch
 
     from app.engine_loop import question_tail, stream_header
     from engine.generate import BatchDecoder, SamplingParams, Session
-    from fusion.stream import chunk_input, narrate
-
     tok, decoder = omni.tokenizer, omni.decoder
-    placeholder = {"video": omni.settings.image_token_id, "image": omni.settings.image_token_id,
-                   "audio": omni.settings.audio_token_id}
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tuple(tok.eos_ids))
     with torch.inference_mode():
         session = Session(decoder)
         session.prefill(tok.encode(stream_header()))
         for c in chunks:
-            x = chunk_input(c, tok, decoder.embed, placeholder[c.modality])
-            session.check_room(x.shape[0])
-            session.prefill(embeds=x)
-            if omni.settings.narration is not None:
-                narrate(session, c, tok, omni.settings.narration)
+            omni.read_chunk(session, c)
         answers: list[str] = []
         for first in range(0, len(questions), batch):
             group = BatchDecoder(decoder)

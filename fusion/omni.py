@@ -18,7 +18,7 @@ from engine.loader import checkpoint_dtype, load_decoder, open_checkpoint
 from engine.tokenizer import Tokenizer
 from kernels.evs import evs_retention_mask
 
-from .stream import Narration
+from .stream import EmbeddingChunk, Narration, chunk_input, narrate
 from .prompt import IMAGE_TOKEN, AUDIO_TOKEN, MediaEmbedding, OmniInput, build_input, video_frame_labels
 
 
@@ -116,6 +116,19 @@ class OmniModel:
     @torch.inference_mode()
     def input_embeds(self, inp: OmniInput) -> torch.Tensor:
         return inp.embeds(self.decoder.embed)
+
+    @torch.inference_mode()
+    def read_chunk(self, session, chunk: EmbeddingChunk) -> tuple[list[int], str]:
+        """Prefill a stream chunk into `session` (its label, its embeddings between their markers),
+        then, for a narrating model, the model's caption of it. Returns the ids appended (media
+        positions hold placeholders) and the caption ("" if the model does not narrate)."""
+        placeholder = self.settings.audio_token_id if chunk.modality == "audio" else self.settings.image_token_id
+        x = chunk_input(chunk, self.tokenizer, self.decoder.embed, placeholder)
+        session.check_room(x.shape[0])
+        session.prefill(embeds=x)
+        ids = self.tokenizer.encode(chunk.text())
+        caption = narrate(session, chunk, self.tokenizer, self.settings.narration) if self.settings.narration else ""
+        return ids + (self.tokenizer.encode(caption) if caption else []), caption
 
 
 __all__ = ["OmniModel", "OmniSettings", "IMAGE_TOKEN", "AUDIO_TOKEN"]

@@ -80,15 +80,12 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
     from app.evaluate import media_chunks
     from engine.generate import Session
     from fusion.omni import OmniModel
-    from fusion.stream import chunk_input, narrate
 
     from .data import NARRATION, chunk_caption
 
     omni = OmniModel.load(model_dir)
-    tok, narration = omni.tokenizer, omni.settings.narration
-    if narration is None:
+    if omni.settings.narration is None:
         raise ValueError(f"{model_dir}: the model does not narrate (no stream_narration in config.json)")
-    placeholder = {"video": omni.settings.image_token_id, "audio": omni.settings.audio_token_id}
     counts: dict[str, dict[str, int]] = {}
 
     def things(caption: str, modality: str) -> set[str]:
@@ -99,10 +96,9 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
         timeline = json.loads((Path(folder) / "timelines" / f"{mp4.stem}.json").read_text())
         with torch.inference_mode():
             session = Session(omni.decoder)
-            session.prefill(tok.encode(stream_header()))
+            session.prefill(omni.tokenizer.encode(stream_header()))
             for c in media_chunks(omni, mp4, evs_rate=0.0):
-                session.prefill(embeds=chunk_input(c, tok, omni.decoder.embed, placeholder[c.modality]))
-                said = narrate(session, c, tok, narration)
+                said = omni.read_chunk(session, c)[1]
                 gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1})
                 n = counts.setdefault(c.modality, dict.fromkeys(("chunks", "exact", "named", "named_right", "there"), 0))
                 n["chunks"] += 1
