@@ -92,9 +92,6 @@ class Narration:
         """The caption of a chunk holding `things` (the training target; `narrate` writes the same)."""
         return self.prefix[modality] + ("; ".join(things) or "nothing") + self.close + " "
 
-    def to_dict(self) -> dict:
-        return {"prefix": dict(self.prefix), "close": self.close, "max_new_tokens": self.max_new_tokens}
-
     @classmethod
     def from_dict(cls, raw: dict | None, source: str = "config.json") -> "Narration | None":
         if raw is None:
