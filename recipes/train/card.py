@@ -50,8 +50,9 @@ def model_card(metrics: dict) -> str:
         "# omnistream default model",
         "",
         "A tiny model of the Nemotron 3 Nano Omni architecture, trained from scratch on synthetic clips (coloured",
-        "shapes and words on screen; spoken words, tones, noises and notes) by `recipes/train`: it answers temporal",
-        "questions about such clips with timestamped reasoning, and knows nothing of the real world.",
+        "shapes and words on screen; spoken words, tones, noises and notes) by `recipes/train` to answer temporal",
+        "questions about such clips with timestamped reasoning (how well it does: Evaluation, below); it knows",
+        "nothing of the real world.",
         "",
         "Loads with omnistream (`OmniModel.load`) and with transformers' `NemotronH_Omni_Reasoning_V3`",
         "(`tests/test_default_model.py` checks both give the same greedy answer).",
@@ -95,6 +96,13 @@ def model_card(metrics: dict) -> str:
     if ev:
         lines += _eval_table(ev) + ["", "Accuracy by skill (items in brackets):", ""] + _skill_table(ev) + [""]
         lines += [f"- {ev[s]['data']}" for s in ("heldout", "heldout_2x_length") if s in ev] + [""]
+        if "narration" in ev:
+            n = ev["narration"]
+            lines += ["Its own captions of the chunks of the first set (`python -m recipes.train narration`): exact "
+                      "caption, and precision / recall of the things named:", "",
+                      "| chunks | count | exact | precision | recall |", "|---|---|---|---|---|"]
+            lines += [f"| {m} | {n[m]['chunks']} | {100 * n[m]['exact']:.1f}% | {100 * n[m]['precision']:.1f}% | "
+                      f"{100 * n[m]['recall']:.1f}% |" for m in ("audio", "video") if m in n] + [""]
     else:
         lines += ["(no held-out evaluation in this run)", ""]
     lines += [
