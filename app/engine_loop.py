@@ -104,7 +104,8 @@ class _Stream:
     on_caption: object = None          # callable(chunk, caption), run on the asyncio side
     tokens: int = 0
     chunks: int = 0
-    captions: list = field(default_factory=list)   # (modality, t0, t1, caption) a narrating model wrote
+    captions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=8))  # the latest
+                                       # (modality, t0, t1, caption) a narrating model wrote
 
 
 @dataclass
@@ -244,16 +245,16 @@ class EngineLoop:
         try:
             if isinstance(piece, EmbeddingChunk):
                 x = chunk_input(piece, self.tokenizer, self.decoder.embed, self.placeholder[piece.modality])
+                before = stream.session.length
                 stream.session.prefill(embeds=x)
                 stream.chunks += 1
                 self.prefilled_chunks += 1
-                n = x.shape[0]
                 if self.narration is not None:
                     caption = narrate(stream.session, piece, self.tokenizer, self.narration)
                     stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
-                    n += len(self.tokenizer.encode(caption))
                     if caption and stream.on_caption is not None:
                         out.append(lambda c=piece, t=caption: stream.on_caption(c, t))
+                n = stream.session.length - before
             else:
                 ids = self.tokenizer.encode(piece)
                 stream.session.prefill(ids)
@@ -344,7 +345,7 @@ class EngineLoop:
         return {"sessions": len(self._streams), "answers": len(self._answers), "state_bytes": own,
                 "steps": self.steps, "prefilled_chunks": self.prefilled_chunks,
                 "session_tokens": {k: s.tokens for k, s in self._streams.items()},
-                "captions": {k: s.captions[-8:] for k, s in self._streams.items() if s.captions}}
+                "captions": {k: list(s.captions) for k, s in self._streams.items() if s.captions}}
 
 
 def _deliver(handle: ResponseHandle, token: int) -> None:
