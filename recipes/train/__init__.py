@@ -4,6 +4,7 @@
     python -m recipes.train demo --out assets/demo                    (the demo clips)
     python -m recipes.train card --out assets/default-model           (its README.md, from metrics.json)
     python -m recipes.train probe --data .cache/train-data/seed0/train (what the towers' features carry)
+    python -m recipes.train recall --pattern 'M*M*'                    (can a decoder config learn lookups?)
 
 config.py  the tiny Omni configuration and the run's settings
 model.py   the model's parts, their seeded initialization, the checkpoint writer
@@ -12,5 +13,6 @@ train.py   the loop: shared media prefix, batched questions, aux-loss-free exper
 plots.py   loss curves drawn with PIL
 run.py     a whole run: data, tokenizer, training, checkpoint, held-out evaluation; the demo clips
 probe.py   linear probes: what the frozen towers' features carry
+recall.py  associative recall: how long a decoder configuration takes to learn to look things up
 card.py    the model card (README.md next to the weights), from the run's metrics
 """

@@ -316,6 +316,13 @@ def main(argv=None) -> int:
     n.add_argument("--data", type=Path, required=True, help="a folder with clips/*.mp4 and timelines/*.json")
     n.add_argument("--into-metrics", action="store_true",
                    help="also record the result as eval.narration in the model folder's metrics.json")
+    rc = sub.add_parser("recall", help="how many steps a decoder configuration needs to learn associative recall")
+    rc.add_argument("--pattern", default=None, help="hybrid_override_pattern (default: the default model's)")
+    rc.add_argument("--steps", type=int, default=3000)
+    rc.add_argument("--lr", type=float, default=3e-3)
+    rc.add_argument("--pairs", type=int, default=16, help="key-value pairs a row")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--log", type=Path, default=Path(".cache/recall.jsonl"), help="one JSON line a step")
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=7)
@@ -336,6 +343,13 @@ def main(argv=None) -> int:
                 metrics = json.loads(path.read_text())
                 metrics.setdefault("eval", {})["narration"] = {"data": str(args.data), **got}
                 path.write_text(json.dumps(metrics, indent=1) + "\n")
+            return 0
+        if args.command == "recall":
+            from .recall import RecallTask, recall_probe
+            torch.set_num_threads(TrainConfig.threads)
+            args.log.parent.mkdir(parents=True, exist_ok=True)
+            task = RecallTask(pairs=args.pairs, queries=min(RecallTask.queries, args.pairs))
+            print(json.dumps(recall_probe(args.pattern, args.steps, args.lr, args.seed, args.log, task)))
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")

@@ -1,0 +1,123 @@
+"""Can a decoder configuration learn to look things up in its context? An associative-recall probe.
+
+A question is answered by finding something earlier in the context and copying what sits next to
+it. The default model's runs never learnt that from the clips: the questions' loss was the same
+with the gold captions in context as without them, even with every event's time span written in
+its caption. This probe measures the skill on its plainest form, multi-query associative recall
+(Zoology, arXiv 2312.04927): a row is `pairs` (key, value) token pairs, a separator, then
+`queries` of the keys, each followed by its value; the loss is on the values. Small models learn
+it with a sharp transition after a plateau, and the plateau's length is what this measures for a
+decoder pattern (`python -m recipes.train recall --pattern ...`), in minutes instead of a run.
+
+Keys and values are drawn from disjoint halves of the ordinary token ids (above the special ones).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class RecallTask:
+    pairs: int = 16
+    queries: int = 8
+    rows: int = 32
+    first_id: int = 64          # ids below are special tokens and single bytes the task leaves alone
+    separator_id: int = 10      # "\n" in the byte-level vocabulary: the context's end
+
+
+def recall_batch(task: RecallTask, vocab_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (rows, L), targets (rows, L)): BOS, key-value pairs, the separator, then queries and
+    their values; targets hold each query's value at the query's position, -100 elsewhere."""
+    half = (vocab_size - task.first_id) // 2
+    if task.queries > task.pairs or half < task.pairs:
+        raise ValueError(f"recall task {task} does not fit a vocabulary of {vocab_size}")
+    b, n, q = task.rows, task.pairs, task.queries
+    keys = torch.stack([torch.randperm(half, generator=g)[:n] for _ in range(b)]) + task.first_id
+    values = torch.randint(0, half, (b, n), generator=g) + task.first_id + half
+    asked = torch.stack([torch.randperm(n, generator=g)[:q] for _ in range(b)])
+    context = torch.stack([keys, values], 2).reshape(b, 2 * n)
+    tail = torch.stack([keys.gather(1, asked), values.gather(1, asked)], 2).reshape(b, 2 * q)
+    ids = torch.cat([torch.ones(b, 1, dtype=torch.long), context, torch.full((b, 1), task.separator_id), tail], 1)
+    targets = torch.full_like(ids, -100)
+    at = torch.arange(2 * n + 2, ids.shape[1], 2)          # the query positions
+    targets[:, at] = ids[:, at + 1]
+    return ids, targets
+
+
+def recall_loss(decoder, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean cross-entropy of the values, share of values the argmax gets right)."""
+    from .train import decoder_forward
+
+    hidden = decoder_forward(decoder, decoder.new_state(batch=ids.shape[0]), input_ids=ids, logits="none").hidden
+    where = targets != -100
+    logits = decoder.lm_head(hidden[where]).float()
+    loss = F.cross_entropy(logits, targets[where])
+    return loss, float((logits.argmax(-1) == targets[where]).float().mean())
+
+
+def train_recall(decoder, steps: int, lr: float, seed: int, log_path: Path, task: RecallTask = RecallTask(),
+                 warmup: int = 50, progress: bool = True) -> dict:
+    """`steps` of recall with AdamW at a constant `lr` after a linear warm-up (expert biases
+    balanced as in training); one JSON line a step to `log_path`. Returns the summary: steps,
+    seconds, the mean accuracy of the last 20 steps, and the first step whose 20-step mean
+    accuracy reached 50% (None if none did)."""
+    from tqdm import tqdm
+
+    from .train import ExpertLoad
+
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
+    load = ExpertLoad(decoder)
+    decoder.train()
+    start, recent, learnt_at = time.perf_counter(), [], None
+    vocab = decoder.cfg.vocab_size
+    with open(log_path, "w") as log, tqdm(total=steps, desc="recall", unit="step", file=sys.stderr,
+                                          disable=not progress) as bar:
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup)
+            loss, acc = recall_loss(decoder, *recall_batch(task, vocab, g))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            load.update(1e-3)
+            recent = (recent + [acc])[-20:]
+            if learnt_at is None and len(recent) == 20 and sum(recent) / 20 >= 0.5:
+                learnt_at = step
+            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - start, 2),
+                                  "recall_loss": round(float(loss.detach()), 5), "recall_accuracy": round(acc, 4)}) + "\n")
+            log.flush()
+            bar.set_postfix(acc=f"{sum(recent) / len(recent):.2f}")
+            bar.update(1)
+    load.remove()
+    decoder.eval()
+    return {"steps": steps, "seconds": round(time.perf_counter() - start, 1),
+            "final_accuracy": round(sum(recent) / max(1, len(recent)), 4), "learnt_at_step": learnt_at}
+
+
+def recall_probe(pattern: str | None, steps: int, lr: float, seed: int, log_path: Path, task: RecallTask = RecallTask(),
+                 progress: bool = True) -> dict:
+    """A fresh decoder of the default model's configuration (with `pattern` as its
+    hybrid_override_pattern if given), seeded as a run seeds it, trained on recall."""
+    from engine.checkpoint import init_random
+
+    from .config import VOCAB_SIZE, omni_config
+    from .model import build_parts
+
+    raw = omni_config(VOCAB_SIZE)
+    if pattern:
+        raw["text_config"]["hybrid_override_pattern"] = pattern
+    decoder = init_random(build_parts(raw)[0], seed)
+    summary = train_recall(decoder, steps, lr, seed, log_path, task, progress=progress)
+    return {"pattern": raw["text_config"]["hybrid_override_pattern"], "lr": lr, "seed": seed,
+            "task": {"pairs": task.pairs, "queries": task.queries, "rows": task.rows}, **summary}
