@@ -336,17 +336,22 @@ def test_recall_rows_ask_for_values_the_context_holds():
 
 
 def test_recall_probe_command_trains_and_logs(tmp_path):
-    """`python -m recipes.train recall` trains a fresh decoder of the given pattern on recall rows:
-    one log line a step, and within 40 steps the values' loss falls from uniform over the
-    vocabulary (ln 1024 = 6.93) towards uniform over the value half (ln 480 = 6.17)."""
+    """`python -m recipes.train recall` trains a fresh decoder of the given pattern on recall rows,
+    stage by stage: one log line a step, and within 40 steps the values' loss falls from uniform
+    over the vocabulary (ln 1024 = 6.93) towards uniform over the value half (ln 480 = 6.17)."""
     log = tmp_path / "recall.jsonl"
-    out = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pattern", "M*", "--steps", "40",
-                          "--pairs", "4", "--log", str(log)], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pattern", "M*", "--pairs", "4,8",
+                          "--steps", "40,5", "--log", str(log)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["pattern"] == "M*" and summary["steps"] == 40 and summary["task"]["pairs"] == 4
+    assert summary["pattern"] == "M*"
+    assert [(s["pairs"], s["queries"], s["steps"]) for s in summary["stages"]] == [(4, 4, 40), (8, 8, 5)]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(40))
+    assert [(r["pairs"], r["step"]) for r in rows] == [(4, k) for k in range(40)] + [(8, k) for k in range(5)]
     assert rows[0]["recall_loss"] > 6.8
-    assert sum(r["recall_loss"] for r in rows[-5:]) / 5 < 6.5
+    assert sum(r["recall_loss"] for r in rows[35:40]) / 5 < 6.5
+    bad = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pairs", "4,8", "--steps", "1,2,3",
+                          "--log", str(log)], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert bad.returncode == 2 and "--steps has 3 numbers for 2 stages" in bad.stderr

@@ -4,7 +4,7 @@
     python -m recipes.train demo --out assets/demo                    (the demo clips)
     python -m recipes.train card --out assets/default-model           (its README.md, from metrics.json)
     python -m recipes.train probe --data .cache/train-data/seed0/train (what the towers' features carry)
-    python -m recipes.train recall --pattern 'M*M*'                    (can a decoder config learn lookups?)
+    python -m recipes.train recall --pattern 'MEM*'                    (can a decoder config learn lookups?)
 
 config.py  the tiny Omni configuration and the run's settings
 model.py   the model's parts, their seeded initialization, the checkpoint writer

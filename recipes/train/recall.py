@@ -63,11 +63,11 @@ def recall_loss(decoder, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return loss, float((logits.argmax(-1) == targets[where]).float().mean())
 
 
-def train_recall(decoder, steps: int, lr: float, seed: int, log_path: Path, task: RecallTask = RecallTask(),
+def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTask = RecallTask(),
                  warmup: int = 50, progress: bool = True) -> dict:
-    """`steps` of recall with AdamW at a constant `lr` after a linear warm-up (expert biases
-    balanced as in training); one JSON line a step to `log_path`. Returns the summary: steps,
-    seconds, the mean accuracy of the last 20 steps, and the first step whose 20-step mean
+    """`steps` of recall with a fresh AdamW at a constant `lr` after a linear warm-up (expert biases
+    balanced as in training); one JSON line a step to the open file `log`. Returns the summary:
+    steps, seconds, the mean accuracy of the last 20 steps, and the first step whose 20-step mean
     accuracy reached 50% (None if none did)."""
     from tqdm import tqdm
 
@@ -80,8 +80,7 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log_path: Path, task
     decoder.train()
     start, recent, learnt_at = time.perf_counter(), [], None
     vocab = decoder.cfg.vocab_size
-    with open(log_path, "w") as log, tqdm(total=steps, desc="recall", unit="step", file=sys.stderr,
-                                          disable=not progress) as bar:
+    with tqdm(total=steps, desc=f"recall, {task.pairs} pairs", unit="step", file=sys.stderr, disable=not progress) as bar:
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / warmup)
@@ -94,21 +93,25 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log_path: Path, task
             recent = (recent + [acc])[-20:]
             if learnt_at is None and len(recent) == 20 and sum(recent) / 20 >= 0.5:
                 learnt_at = step
-            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - start, 2),
+            log.write(json.dumps({"pairs": task.pairs, "step": step, "time_s": round(time.perf_counter() - start, 2),
                                   "recall_loss": round(float(loss.detach()), 5), "recall_accuracy": round(acc, 4)}) + "\n")
             log.flush()
             bar.set_postfix(acc=f"{sum(recent) / len(recent):.2f}")
             bar.update(1)
     load.remove()
     decoder.eval()
-    return {"steps": steps, "seconds": round(time.perf_counter() - start, 1),
+    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "steps": steps,
+            "seconds": round(time.perf_counter() - start, 1),
             "final_accuracy": round(sum(recent) / max(1, len(recent)), 4), "learnt_at_step": learnt_at}
 
 
-def recall_probe(pattern: str | None, steps: int, lr: float, seed: int, log_path: Path, task: RecallTask = RecallTask(),
+def recall_probe(pattern: str | None, stages: list[tuple[int, int]], lr: float, seed: int, log_path: Path,
                  progress: bool = True) -> dict:
     """A fresh decoder of the default model's configuration (with `pattern` as its
-    hybrid_override_pattern if given), seeded as a run seeds it, trained on recall."""
+    hybrid_override_pattern if given), seeded as a run seeds it, trained on recall in `stages`
+    of (pairs, steps), one after the other (stage k draws its rows from seed + k). Few pairs first
+    is a curriculum: `MEM*` learnt 4 pairs, then took 8 and 16 at once, where 16 from the start
+    stayed at chance for 3,000 steps."""
     from engine.checkpoint import init_random
 
     from .config import VOCAB_SIZE, omni_config
@@ -118,6 +121,7 @@ def recall_probe(pattern: str | None, steps: int, lr: float, seed: int, log_path
     if pattern:
         raw["text_config"]["hybrid_override_pattern"] = pattern
     decoder = init_random(build_parts(raw)[0], seed)
-    summary = train_recall(decoder, steps, lr, seed, log_path, task, progress=progress)
-    return {"pattern": raw["text_config"]["hybrid_override_pattern"], "lr": lr, "seed": seed,
-            "task": {"pairs": task.pairs, "queries": task.queries, "rows": task.rows}, **summary}
+    with open(log_path, "w") as log:
+        done = [train_recall(decoder, steps, lr, seed + k, log, RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs)),
+                             progress=progress) for k, (pairs, steps) in enumerate(stages)]
+    return {"pattern": raw["text_config"]["hybrid_override_pattern"], "lr": lr, "seed": seed, "stages": done}

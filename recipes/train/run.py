@@ -318,9 +318,9 @@ def main(argv=None) -> int:
                    help="also record the result as eval.narration in the model folder's metrics.json")
     rc = sub.add_parser("recall", help="how many steps a decoder configuration needs to learn associative recall")
     rc.add_argument("--pattern", default=None, help="hybrid_override_pattern (default: the default model's)")
-    rc.add_argument("--steps", type=int, default=3000)
+    rc.add_argument("--pairs", default="4,8,16", help="key-value pairs a row, one number per stage (a curriculum)")
+    rc.add_argument("--steps", default="1100,900,1200", help="steps of each stage (one number: every stage)")
     rc.add_argument("--lr", type=float, default=3e-3)
-    rc.add_argument("--pairs", type=int, default=16, help="key-value pairs a row")
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--log", type=Path, default=Path(".cache/recall.jsonl"), help="one JSON line a step")
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
@@ -345,11 +345,15 @@ def main(argv=None) -> int:
                 path.write_text(json.dumps(metrics, indent=1) + "\n")
             return 0
         if args.command == "recall":
-            from .recall import RecallTask, recall_probe
+            from .recall import recall_probe
+            pairs, steps = ([int(x) for x in v.split(",")] for v in (args.pairs, args.steps))
+            if len(steps) == 1:
+                steps *= len(pairs)
+            if len(steps) != len(pairs):
+                raise ValueError(f"--steps has {len(steps)} numbers for {len(pairs)} stages of --pairs")
             torch.set_num_threads(TrainConfig.threads)
             args.log.parent.mkdir(parents=True, exist_ok=True)
-            task = RecallTask(pairs=args.pairs, queries=min(RecallTask.queries, args.pairs))
-            print(json.dumps(recall_probe(args.pattern, args.steps, args.lr, args.seed, args.log, task)))
+            print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps)), args.lr, args.seed, args.log)))
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")
