@@ -128,19 +128,19 @@ def test_training_gradients_match_transformers(pair):
         return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
 
     assert close(our_x, ref_x)
-    stacked = {}
+    mapped, experts = {}, {}          # transformers' names -> our gradients; its experts are stacked
     for n, grad in our_w.items():
-        name = "model." + n[len("backbone."):] if n.startswith("backbone.") else n
-        parts = name.split(".")
-        if ".experts." in name and parts[-3].isdigit():         # experts.<e>.up_proj.weight
-            stacked.setdefault(".".join(parts[:-3] + [parts[-2]]), {})[int(parts[-3])] = grad
+        parts = (n.replace("backbone.", "model.", 1) if n.startswith("backbone.") else n).split(".")
+        if "experts" in parts and parts[-3].isdigit():         # experts.<e>.up_proj.weight
+            experts.setdefault(".".join(parts[:-3] + [parts[-2]]), {})[int(parts[-3])] = grad
         else:
-            assert name in ref_w and close(grad, ref_w[name]), name
-    for name, per_expert in stacked.items():
+            mapped[".".join(parts)] = grad
+    for name, per_expert in experts.items():
         ref = ref_w[name]
-        assert close(torch.stack([per_expert.get(e, torch.zeros_like(ref[0])) for e in range(ref.shape[0])]), ref), name
-    assert set(ref_w) == {("model." + n[len("backbone."):] if n.startswith("backbone.") else n)
-                          for n in our_w if ".experts." not in n or not n.split(".")[-3].isdigit()} | set(stacked)
+        mapped[name] = torch.stack([per_expert.get(e, torch.zeros_like(ref[0])) for e in range(ref.shape[0])])
+    assert set(mapped) == set(ref_w)
+    for name, grad in mapped.items():
+        assert close(grad, ref_w[name]), name
 
 
 def test_dt_clamp_of_transformers_prefill_is_inactive(tmp_path):

@@ -71,6 +71,7 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
     accuracy reached 50% (None if none did)."""
     from tqdm import tqdm
 
+    from .config import TrainConfig
     from .train import ExpertLoad
 
     g = torch.Generator().manual_seed(seed)
@@ -89,7 +90,7 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            load.update(1e-3)
+            load.update(TrainConfig.balance_rate)
             recent = (recent + [acc])[-20:]
             if learnt_at is None and len(recent) == 20 and sum(recent) / 20 >= 0.5:
                 learnt_at = step
