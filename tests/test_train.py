@@ -238,7 +238,7 @@ def test_timeline_target_and_tokenizer(data):
 def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
-                      evs_share=0.5, val_clips=1, finetune_steps=2)
+                      evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)))
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -251,10 +251,14 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert all(r["caption_tokens"] > 0 for r in log)                # every chunk narrated
     assert "val_caption_loss_swapped_media" in log[-1]
     assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
+    recall = [json.loads(line) for line in (a / "recall_log.jsonl").read_text().splitlines()]   # phase 0 ran first
+    assert [(r["pairs"], r["step"]) for r in recall] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1)]
+    assert [s["steps"] for s in m["training"]["phases"][0]["stages"]] == [3, 2]
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     card = (a / "README.md").read_text()
+    assert "Before the clips, associative recall" in card and "2 pairs for 3 steps" in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()
     refresh_card(a)                                        # from the log and metrics alone
@@ -292,7 +296,7 @@ def test_projector_learning_rate_scale(data, tmp_path):
     """projector_lr_scale=0 trains the decoder and leaves both projectors as initialized."""
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
-                      val_clips=1, projector_lr_scale=0.0)
+                      val_clips=1, projector_lr_scale=0.0, recall_stages=())
     run(tmp_path / "m", cfg, folder / "run", evaluate=False, progress=False)
     raw, decoder, vision, audio = new_model(5, VOCAB_SIZE)
     from safetensors.torch import load_file

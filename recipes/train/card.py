@@ -69,6 +69,11 @@ def model_card(metrics: dict) -> str:
         f"- Data (seed {metrics['seed']}): {d['train_clips']} clips, {d['train_seconds'] / 3600:.2f} hours, "
         f"{d['train_questions']} multiple-choice questions with TA-CoT targets, plus each clip's timed event list; "
         f"clips of 20 s to {d['longest_train_clip_s']:g} s.",
+        *[f"- Before the clips, associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
+          f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
+          "of values right over its last 20 steps)" for s in ph["stages"]) + f", {ph['seconds'] / 60:.1f} min: the "
+          "questions are lookups in the context, which no run learnt from the clips alone."
+          for ph in t.get("phases", []) if ph["phase"] == 0],
         f"- {t['steps_run']} steps of one clip each (its media prefix read once, its questions batched after it), "
         f"AdamW, lr {cfg['lr']} with warm-up and cosine decay, {t['tokens']:,} tokens read, "
         f"{t['target_tokens']:,} target tokens.",

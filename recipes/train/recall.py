@@ -122,7 +122,14 @@ def recall_probe(pattern: str | None, stages: list[tuple[int, int]], lr: float, 
     if pattern:
         raw["text_config"]["hybrid_override_pattern"] = pattern
     decoder = init_random(build_parts(raw)[0], seed)
+    return {"pattern": raw["text_config"]["hybrid_override_pattern"], "lr": lr, "seed": seed,
+            "stages": recall_stages(decoder, stages, lr, seed, log_path, progress)}
+
+
+def recall_stages(decoder, stages: list[tuple[int, int]], lr: float, seed: int, log_path: Path,
+                  progress: bool = True) -> list[dict]:
+    """Train `decoder` on recall in `stages` of (pairs, steps), one after the other, stage k drawing
+    its rows from seed + k; one JSON line a step in `log_path`. Returns each stage's summary."""
     with open(log_path, "w") as log:
-        done = [train_recall(decoder, steps, lr, seed + k, log, RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs)),
+        return [train_recall(decoder, steps, lr, seed + k, log, RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs)),
                              progress=progress) for k, (pairs, steps) in enumerate(stages)]
-    return {"pattern": raw["text_config"]["hybrid_override_pattern"], "lr": lr, "seed": seed, "stages": done}

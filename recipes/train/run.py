@@ -195,6 +195,14 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
             shutil.copyfile(out / name, folder / name)
 
     log_path = out / "train_log.jsonl"
+    phases = []
+    if phase1_from is None and cfg.recall_stages:
+        from .recall import recall_stages
+        t_recall = time.perf_counter()
+        stages = recall_stages(decoder, list(cfg.recall_stages), cfg.recall_lr, cfg.seed, out / "recall_log.jsonl",
+                               progress)
+        phases.append({"phase": 0, "task": "associative recall", "stages": stages,
+                       "seconds": round(time.perf_counter() - t_recall, 1)})
     if phase1_from is None:
         summary = train(trainer, clips, cfg, log_path, val_clips, val_every=max(1, cfg.steps // 10),
                         progress=progress, snapshot=snapshot)
@@ -203,7 +211,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         steps_run = len(log_path.read_text().splitlines())
         summary = {"steps_run": steps_run, "steps_planned": cfg.steps, "stopped_early": steps_run < cfg.steps,
                    "train_seconds": json.loads(log_path.read_text().splitlines()[-1])["time_s"]}
-    phases = [{"phase": 1, **summary}]
+    phases.append({"phase": 1, **summary})
     if cfg.finetune_steps:
         snapshot(summary["steps_run"])
         ft = cfg.finetune()
