@@ -249,6 +249,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4] and all(r["loss"] > 0 for r in log) and "val_loss" in log[-1]
     assert [r.get("phase", 1) for r in log] == [1, 1, 1, 2, 2] and "val_loss_swapped_media" in log[-1]
     assert all(r["caption_tokens"] > 0 for r in log)                # every chunk narrated
+    assert all(r["recall_loss"] > 0 and 0 <= r["recall_accuracy"] <= 1 for r in log)   # recall rows mixed in
     assert "val_caption_loss_swapped_media" in log[-1]
     assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
     recall = [json.loads(line) for line in (a / "recall_log.jsonl").read_text().splitlines()]   # phase 0 ran first
@@ -259,6 +260,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     card = (a / "README.md").read_text()
     assert "Before the clips, associative recall" in card and "2 pairs for 3 steps" in card
+    assert "16 recall rows join every clip step's loss" in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()
     refresh_card(a)                                        # from the log and metrics alone

@@ -73,6 +73,8 @@ def model_card(metrics: dict) -> str:
           f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
           "of values right over its last 20 steps)" for s in ph["stages"]) + f", {ph['seconds'] / 60:.1f} min: the "
           "questions are lookups in the context, which no run learnt from the clips alone."
+          + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
+             f"{cfg['recall_mix_weight']}), so the skill is kept." if cfg.get("recall_mix_rows") else "")
           for ph in t.get("phases", []) if ph["phase"] == 0],
         f"- {t['steps_run']} steps of one clip each (its media prefix read once, its questions batched after it), "
         f"AdamW, lr {cfg['lr']} with warm-up and cosine decay, {t['tokens']:,} tokens read, "

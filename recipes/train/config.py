@@ -128,6 +128,10 @@ class TrainConfig:
     # learnt from the clips alone (the questions' loss was the same without the captions).
     recall_stages: tuple = ((4, 1100), (8, 900), (16, 1200))
     recall_lr: float = 3e-3
+    # recall rows (of the last stage's pairs) added to every clip step, so the clips do not wash the
+    # skill out: after run 4's phase 1 (none mixed in) its decoder was back at chance on recall.
+    recall_mix_rows: int = 16
+    recall_mix_weight: float = 0.5
     # after </think>: "letter" "(C) option text", or "text" "option text" (the scorer maps it to its
     # letter). A first run never bound an option to its letter: the letter was at chance even after
     # the gold reasoning (1 of 31), while it copied an option's text reliably.

@@ -5,7 +5,8 @@ projectors and `fusion.stream.chunk_input`, the engine's own path), runs the dec
 prefix once, then continues from the prefix's state with all the clip's questions as one batch
 (each row: the question, the assistant header, the TA-CoT target) and with the timeline item.
 The loss is the cross-entropy of the target tokens; gradients flow back through the shared
-prefix into the decoder and both projectors. The towers' encoders are frozen (their features are
+prefix into the decoder and both projectors. Rows of associative recall (recall.py) join every
+step's loss with a weight, so the lookup skill of phase 0 is kept while the clips are learnt. The towers' encoders are frozen (their features are
 cached, see data.py).
 
 Expert balancing is aux-loss-free, as in Nemotron and DeepSeek-V3: after every step each MoE
@@ -33,6 +34,7 @@ from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
 from .data import Clip, chunk_caption, prompt_and_target, timeline_prompt_and_target
+from .recall import RecallTask, recall_batch, recall_loss
 
 # NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
 # the kernels keep no in-place updates of saved tensors), so training calls it undecorated.
@@ -275,6 +277,9 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     load = ExpertLoad(d)
     steps = cfg.steps
     sampler = ClipSampler(clips, cfg, rng)
+    recall_rows = torch.Generator().manual_seed(cfg.seed + 7000)
+    pairs = cfg.recall_stages[-1][0] if cfg.recall_stages else RecallTask.pairs
+    recall_task = RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs), rows=cfg.recall_mix_rows)
     start = time.perf_counter()
     deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
     stopped_early = False
@@ -296,8 +301,13 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             timeline = rng.random() < cfg.timeline_share
             captioned = {k for k in range(len(clip.meta)) if rng.random() < cfg.caption_share}
             loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight)
+            total = loss
+            if cfg.recall_mix_rows:
+                r_loss, stats["recall_accuracy"] = recall_loss(d, *recall_batch(recall_task, d.cfg.vocab_size, recall_rows))
+                stats["recall_loss"] = float(r_loss.detach())
+                total = loss + cfg.recall_mix_weight * r_loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             opt.step()
             imbalance = load.update(cfg.balance_rate)
