@@ -1,8 +1,9 @@
 # make run    install requirements.txt into .venv, start the app
 # make test   install requirements-test.txt into .venv, run the tests
 # make bench  install requirements-test.txt into .venv (transformers is the peer), run the benchmarks
-# make train-default  retrain the bundled default model from seed 0 on the CPU (recipes/train; about 2 h on
-#             2 cores): data in .cache/train-data, weights, log, curves and metrics in assets/default-model
+# make train-default  retrain the bundled default model from seed 0 on the CPU (recipes/train; training and
+#             held-out evaluation about 50 min on 2 cores, plus generating the clips the first time): data in
+#             .cache/train-data, weights, log, curves and metrics in assets/default-model
 #
 # .venv is created with `python3 -m venv` when missing.  A stamp file per requirement set records
 # the last install, so pip only runs again when a requirements file changes.
