@@ -129,7 +129,8 @@ class TrainConfig:
     recall_stages: tuple = ((4, 1100), (8, 900), (16, 1200))
     recall_lr: float = 3e-3
     # recall rows (of the last stage's pairs) added to every clip step, so the clips do not wash the
-    # skill out: after run 4's phase 1 (none mixed in) its decoder was back at chance on recall.
+    # skill out: with none mixed in (runs/2026-11-30-seed0-recall-phase) the decoder was back at
+    # chance on recall after the clips.
     recall_mix_rows: int = 16
     recall_mix_weight: float = 0.5
     # after </think>: "letter" "(C) option text", or "text" "option text" (the scorer maps it to its

@@ -32,6 +32,11 @@ class RecallTask:
     first_id: int = 64          # ids below are special tokens and single bytes the task leaves alone
     separator_id: int = 10      # "\n" in the byte-level vocabulary: the context's end
 
+    @classmethod
+    def of(cls, pairs: int, rows: int = 32) -> "RecallTask":
+        """`pairs` pairs a row, as many queried as the default allows (all of them when fewer)."""
+        return cls(pairs=pairs, queries=min(cls.queries, pairs), rows=rows)
+
 
 def recall_batch(task: RecallTask, vocab_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (rows, L), targets (rows, L)): BOS, key-value pairs, the separator, then queries and
@@ -131,5 +136,5 @@ def recall_stages(decoder, stages: list[tuple[int, int]], lr: float, seed: int, 
     """Train `decoder` on recall in `stages` of (pairs, steps), one after the other, stage k drawing
     its rows from seed + k; one JSON line a step in `log_path`. Returns each stage's summary."""
     with open(log_path, "w") as log:
-        return [train_recall(decoder, steps, lr, seed + k, log, RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs)),
+        return [train_recall(decoder, steps, lr, seed + k, log, RecallTask.of(pairs),
                              progress=progress) for k, (pairs, steps) in enumerate(stages)]

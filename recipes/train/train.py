@@ -6,8 +6,8 @@ prefix once, then continues from the prefix's state with all the clip's question
 (each row: the question, the assistant header, the TA-CoT target) and with the timeline item.
 The loss is the cross-entropy of the target tokens; gradients flow back through the shared
 prefix into the decoder and both projectors. Rows of associative recall (recall.py) join every
-step's loss with a weight, so the lookup skill of phase 0 is kept while the clips are learnt. The towers' encoders are frozen (their features are
-cached, see data.py).
+step's loss with a weight, so the lookup skill of phase 0 is kept while the clips are learnt. The
+towers' encoders are frozen (their features are cached, see data.py).
 
 Expert balancing is aux-loss-free, as in Nemotron and DeepSeek-V3: after every step each MoE
 layer's `e_score_correction_bias` moves by `balance_rate * sign(mean load - expert load)`, so
@@ -278,8 +278,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     steps = cfg.steps
     sampler = ClipSampler(clips, cfg, rng)
     recall_rows = torch.Generator().manual_seed(cfg.seed + 7000)
-    pairs = cfg.recall_stages[-1][0] if cfg.recall_stages else RecallTask.pairs
-    recall_task = RecallTask(pairs=pairs, queries=min(RecallTask.queries, pairs), rows=cfg.recall_mix_rows)
+    recall_task = RecallTask.of(cfg.recall_stages[-1][0] if cfg.recall_stages else RecallTask.pairs, cfg.recall_mix_rows)
     start = time.perf_counter()
     deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
     stopped_early = False
