@@ -254,7 +254,9 @@ def generate_command(args) -> int:
         print(json.dumps({"prompt_ids": prompt_ids, "output_ids": out_ids, "text": text_out,
                           "token_counts": token_counts, "layout": layout, "stats": stats}))
     else:
-        print(f"[{stats['prompt_tokens']} prompt tokens in {prefill_s:.2f}s, {len(out_ids)} tokens at "
+        read = (f"read and prefilled chunk by chunk in {media_s:.2f}s" if layout == "stream"
+                else f"in {prefill_s:.2f}s")
+        print(f"[{stats['prompt_tokens']} prompt tokens {read}, {len(out_ids)} tokens at "
               f"{stats['decode_tokens_per_s']} tok/s]", file=sys.stderr)
     return 0
 
