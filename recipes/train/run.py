@@ -112,6 +112,50 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
                 "recall": round(n["named_right"] / max(1, n["there"]), 4)} for m, n in counts.items()}
 
 
+def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int = 12,
+                          max_new_tokens: int = 256) -> dict:
+    """How well a trained model answers when perception is taken out of the way: each clip of a
+    cached data folder (`folder`: items/ and features/, e.g. `<data>/seed0/val`) is read with its
+    media and, after every chunk, the chunk's gold caption in place of the model's own; then each
+    question is answered greedily (reasoning and answer) and scored as `python -m app eval`
+    scores it. Against the held-out accuracy, this splits a miss between seeing and looking up."""
+    from app.evaluate import extract_choice, iou, parse_item, predicted_span
+    from engine.generate import SamplingParams, Session, generate
+    from engine.tokenizer import Tokenizer
+
+    from .model import new_model
+    from .train import Trainer
+
+    model_dir, folder = Path(model_dir), Path(folder)
+    seed = json.loads((model_dir / "metrics.json").read_text())["seed"] if (model_dir / "metrics.json").exists() else 0
+    raw, decoder, vision, audio = new_model(seed, VOCAB_SIZE)
+    load_trained(model_dir, decoder, vision, audio)
+    tok = Tokenizer.from_dir(model_dir)
+    trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=(tok.token_id("<|im_end|>"),))
+    items = [it for f in sorted((folder / "items").glob("*.json")) for it in json.loads(f.read_text())]
+    right, grounded, per_skill = 0, 0, {}
+    with torch.inference_mode():
+        for clip in _clips(folder, items):
+            embeds, _, _ = trainer.prefix(clip, captioned=set(range(len(clip.meta))))
+            stream = Session(decoder)
+            stream.prefill(embeds=embeds)
+            for it in clip.items[:questions_per_clip]:
+                session = stream.fork()
+                session.prefill(trainer.rows(clip, [it])[0][0])
+                text = "<think>\n" + tok.decode([t for t in generate(session, params) if t not in params.stop_ids])
+                item = parse_item(it, "gold-caption item")
+                ok = extract_choice(text, item.options) == item.correct_option_letter
+                right += ok
+                grounded += iou(predicted_span(text), item.span) >= 0.5
+                skill = per_skill.setdefault(item.question_type[0], [0, 0])
+                skill[0] += ok
+                skill[1] += 1
+    n = sum(v[1] for v in per_skill.values())
+    return {"questions": n, "accuracy": right / max(1, n), "r1_iou_0.5": grounded / max(1, n),
+            "per_skill": {k: a / b for k, (a, b) in per_skill.items()}}
+
+
 def load_trained(folder, decoder, vision, audio) -> None:
     """The trained parts (decoder, both projectors) from a checkpoint this recipe wrote; its towers
     must be the seeded ones these modules already hold."""
@@ -324,6 +368,11 @@ def main(argv=None) -> int:
     n.add_argument("--data", type=Path, required=True, help="a folder with clips/*.mp4 and timelines/*.json")
     n.add_argument("--into-metrics", action="store_true",
                    help="also record the result as eval.narration in the model folder's metrics.json")
+    g = sub.add_parser("gold-captions", help="accuracy with the gold captions in context: perception taken out")
+    g.add_argument("--model", type=Path, required=True)
+    g.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/val"),
+                   help="a cached data folder (items/, features/)")
+    g.add_argument("--questions", type=int, default=12, help="questions a clip")
     rc = sub.add_parser("recall", help="how many steps a decoder configuration needs to learn associative recall")
     rc.add_argument("--pattern", default=None, help="hybrid_override_pattern (default: the default model's)")
     rc.add_argument("--pairs", default="4,8,16", help="key-value pairs a row, one number per stage (a curriculum)")
@@ -351,6 +400,10 @@ def main(argv=None) -> int:
                 metrics = json.loads(path.read_text())
                 metrics.setdefault("eval", {})["narration"] = {"data": str(args.data), **got}
                 path.write_text(json.dumps(metrics, indent=1) + "\n")
+            return 0
+        if args.command == "gold-captions":
+            torch.set_num_threads(TrainConfig.threads)
+            print(json.dumps(gold_caption_accuracy(args.model, args.data, args.questions), indent=1))
             return 0
         if args.command == "recall":
             from .recall import recall_probe
