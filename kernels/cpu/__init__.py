@@ -32,6 +32,9 @@ SOURCE = Path(__file__).with_name("decode.cpp")
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "cpu-kernels"
 MAX_ROWS = 16     # token rows up to which the products here beat BLAS (decode, small batches, drafts)
 RELU2 = 1         # `act` of linear: relu(.)^2 on every output
+# -fopenmp: at::parallel_for is an inline template that is serial unless the including file is
+# compiled with OpenMP (torch's CPU build uses it); the library then shares torch's libgomp.
+FLAGS = ("-O3", "-march=native", "-std=gnu++20", "-fopenmp", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
 _ops = None
@@ -51,8 +54,7 @@ def _cpu_id() -> str:
 def _compile(cxx: str, out: Path) -> None:
     from torch.utils.cpp_extension import include_paths, library_paths
     lib = library_paths()[0]
-    cmd = [cxx, "-O3", "-march=native", "-std=gnu++20", "-shared", "-fPIC", "-w",
-           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            *(f"-I{p}" for p in include_paths()), str(SOURCE), f"-L{lib}", f"-Wl,-rpath,{lib}",
            "-lc10", "-ltorch_cpu", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -67,7 +69,7 @@ def library_path() -> Path:
     cxx = shutil.which(want) or (None if "CXX" in os.environ else shutil.which("c++"))
     if cxx is None:
         raise RuntimeError(f"no C++ compiler ({want!r} not found; install build-essential or set CXX)")
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), cxx.encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(), cxx.encode(),
                                      sys.version.encode(), _cpu_id().encode()])).hexdigest()[:16]
     for cache in (CACHE, Path(tempfile.gettempdir()) / "omnistream-cpu-kernels"):   # a read-only checkout
         out = cache / f"decode-{key}.so"
