@@ -187,8 +187,11 @@ def test_threads_split_the_work_without_changing_results(gen):
     try:
         torch.set_num_threads(1)
         one = run()
+        assert cpu.parallel_threads(8) == 1
         torch.set_num_threads(2)
         two = run()
+        # the loops do go parallel (a build without OpenMP ran them all on one thread)
+        assert cpu.parallel_threads(8) == 2 and cpu.parallel_threads(1) == 1
     finally:
         torch.set_num_threads(saved)
     for a, b_ in zip(one, two):

@@ -119,6 +119,12 @@ def enabled(*tensors: torch.Tensor) -> bool:
 
 
 # ---- the kernels (fp32, CPU; callers check `enabled` first) ---------------------------------
+def parallel_threads(n: int) -> int:
+    """How many threads the kernels' parallel loops spread `n` jobs over (torch's thread count
+    for n >= it, when the library is built with OpenMP)."""
+    return _ops.parallel_threads(n)
+
+
 def linear(x, weight, bias=None, act: int = 0):
     """F.linear(x, weight, bias), then relu(.)^2 if act == RELU2; for up to MAX_ROWS rows of x."""
     return _ops.linear(x, weight, bias, act)

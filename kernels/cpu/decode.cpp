@@ -590,9 +590,18 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   return out;
 }
 
+// How many threads at::parallel_for spreads `n` one-item jobs over: the build check (a library
+// compiled without OpenMP runs every loop on the calling thread, and answers 1).
+int64_t parallel_threads(int64_t n) {
+  std::vector<char> used(std::max(1, at::get_num_threads()), 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = 1; });
+  return std::accumulate(used.begin(), used.end(), int64_t{0});
+}
+
 }  // namespace
 
 TORCH_LIBRARY(omnistream_cpu, m) {
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
   m.def("linear(Tensor x, Tensor weight, Tensor? bias, int act) -> Tensor", &linear);
   m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases, int[] acts) -> Tensor[]", &linears);
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm);
