@@ -199,6 +199,21 @@ def test_threads_split_the_work_without_changing_results(gen):
     assert_close(one[0], F.linear(x, w), "linear")
 
 
+@pytest.mark.parametrize("b,Hkv,R,L,D", [(1, 2, 80, 9000, 64), (2, 3, 7, 100, 32), (1, 1, 96, 4097, 16),
+                                         (1, 2, 1, 1, 16), (2, 1, 33, 4096, 48)])
+def test_prefix_attention(b, Hkv, R, L, D, gen):
+    """A few query rows over all-visible keys (strided cache views, several key splits), with the
+    log-sum-exp the segments are merged by; scale D ** -0.5."""
+    q = rand(b, Hkv, R, D, gen=gen)
+    k, v = rand(b, Hkv, L + 3, D, gen=gen)[:, :, :L], rand(b, Hkv, L + 3, D, gen=gen)[:, :, :L]
+    out, lse = cpu.prefix_attention(q, k, v)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    assert_close(out, torch.softmax(scores, -1) @ v, "prefix attention")
+    assert_close(lse, torch.logsumexp(scores, -1), "log-sum-exp")
+    with pytest.raises(RuntimeError, match="1..96 rows"):
+        cpu.prefix_attention(rand(1, 1, 97, 16, gen=gen), k[:1, :1, :, :16], v[:1, :1, :, :16])
+
+
 # ---- whole decoders -------------------------------------------------------------------------
 BASE = dict(vocab_size=96, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             mamba_num_heads=4, mamba_head_dim=8, ssm_state_size=16, n_groups=2, chunk_size=16, n_routed_experts=8,
@@ -241,6 +256,8 @@ def stream_logits(model: NemotronH) -> list[torch.Tensor]:
     fork = st.fork()                                  # attention over a shared, read-only prefix
     for t in range(3):
         out.append(model(fork, input_ids=ids[:1, 20 + t:21 + t]).logits)
+    question = st.fork()                              # a few tokens at once over it (prefix_attention)
+    out.append(model(question, input_ids=ids[:1, 18:24], logits="all").logits)
     return out
 
 

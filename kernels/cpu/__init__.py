@@ -32,6 +32,7 @@ SOURCE = Path(__file__).with_name("decode.cpp")
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "cpu-kernels"
 MAX_ROWS = 16     # token rows up to which the products here beat BLAS (decode, small batches, drafts)
 RELU2 = 1         # `act` of linear: relu(.)^2 on every output
+PREFIX_MAX_ROWS = 96   # query rows of prefix_attention (a question's heads x tokens)
 # -fopenmp: at::parallel_for is an inline template that is serial unless the including file is
 # compiled with OpenMP (torch's CPU build uses it); the library then shares torch's libgomp.
 FLAGS = ("-O3", "-march=native", "-std=gnu++20", "-fopenmp", "-shared", "-fPIC", "-w")
@@ -123,6 +124,12 @@ def parallel_threads(n: int) -> int:
     """How many threads the kernels' parallel loops spread `n` jobs over (torch's thread count
     for n >= it, when the library is built with OpenMP)."""
     return _ops.parallel_threads(n)
+
+
+def prefix_attention(q, keys, values):
+    """(softmax(q k^T / sqrt(D)) v, its log-sum-exp) over keys that are all visible: q (b, Hkv,
+    R, D) with R <= PREFIX_MAX_ROWS, keys / values (b, Hkv, L, D); D a multiple of 16."""
+    return _ops.prefix_attention(q, keys, values)
 
 
 def linear(x, weight, bias=None, act: int = 0):

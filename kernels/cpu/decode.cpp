@@ -590,6 +590,183 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   return out;
 }
 
+// ---- attention of a few query rows over a long read-only prefix -----------------------------
+// exp(x) for 16 lanes: 2^n * e^r with |r| <= ln2 / 2 (Cephes' expf polynomial, about 1e-7
+// relative error); lanes below -87.3 come out as 0 (so -inf does), above 88.3 as +inf.
+typedef int32_t ivec16 __attribute__((vector_size(64)));
+inline vec16 vexp(vec16 x) {
+  const vec16 hi = vec16{} + 88.3762626647949f, lo = vec16{} - 87.3365447505531f;
+  const vec16 xc = x > hi ? hi : (x < lo ? lo : x);
+  const vec16 n = __builtin_convertvector(__builtin_convertvector(xc * 1.44269504088896341f + (xc < 0 ? -0.5f : 0.5f), ivec16), vec16);
+  const vec16 r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  vec16 p = vec16{} + 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const ivec16 bits = (__builtin_convertvector(n, ivec16) + 127) << 23;
+  vec16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  vec16 y = p * scale;
+  y = x < lo ? vec16{} : y;
+  return x > hi ? vec16{} + std::numeric_limits<float>::infinity() : y;
+}
+
+constexpr int64_t PREFIX_KEYS = 64;      // keys a block: the block's scores stay in L1
+constexpr int64_t PREFIX_SPLIT = 4096;   // keys a job: a KV head's keys split for the threads
+
+// One job: rows [0, 16 * RV) of Qt (D, 16 * RV: the scaled queries, transposed) over keys
+// [l0, l1) of one KV head; writes the rows' running max m, sum l and unnormalized output o (R, D).
+// Scores are computed key by key as St[j] = sum_d K[j, d] Qt[d] (a vector over the rows), so the
+// online softmax runs across rows in vectors; P V runs four rows at a time.
+template <int RV>
+void prefix_job(const float* Qt, int64_t R, int64_t D, const float* K, int64_t ks, const float* Vv, int64_t vs,
+                int64_t l0, int64_t l1, float* m, float* l, float* o) {
+  constexpr int64_t RP = 16 * RV;
+  alignas(64) float St[PREFIX_KEYS * RP];
+  vec16 mv[RV], lv[RV];
+  for (int c = 0; c < RV; ++c) { mv[c] = vec16{} - std::numeric_limits<float>::infinity(); lv[c] = vec16{}; }
+  std::fill(o, o + R * D, 0.0f);
+  for (int64_t k0 = l0; k0 < l1; k0 += PREFIX_KEYS) {
+    const int64_t n = std::min(PREFIX_KEYS, l1 - k0);
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {                  // two keys at a time: 2 * RV accumulators
+      vec16 a0[RV], a1[RV];
+      for (int c = 0; c < RV; ++c) a0[c] = a1[c] = vec16{};
+      const float *k0p = K + (k0 + j) * ks, *k1p = k0p + ks;
+      for (int64_t d = 0; d < D; ++d) {
+        const vec16 b0 = vec16{} + k0p[d], b1 = vec16{} + k1p[d];
+        for (int c = 0; c < RV; ++c) {
+          const vec16 qv = load(Qt + d * RP + 16 * c);
+          a0[c] += b0 * qv;
+          a1[c] += b1 * qv;
+        }
+      }
+      for (int c = 0; c < RV; ++c) { store(St + j * RP + 16 * c, a0[c]); store(St + (j + 1) * RP + 16 * c, a1[c]); }
+    }
+    for (; j < n; ++j) {
+      vec16 a0[RV];
+      for (int c = 0; c < RV; ++c) a0[c] = vec16{};
+      const float* kp = K + (k0 + j) * ks;
+      for (int64_t d = 0; d < D; ++d) {
+        const vec16 b0 = vec16{} + kp[d];
+        for (int c = 0; c < RV; ++c) a0[c] += b0 * load(Qt + d * RP + 16 * c);
+      }
+      for (int c = 0; c < RV; ++c) store(St + j * RP + 16 * c, a0[c]);
+    }
+    // online softmax, a vector of rows at a time; the correction rescales l and o
+    alignas(64) float corr[RP];
+    for (int c = 0; c < RV; ++c) {
+      vec16 mx = mv[c];
+      for (j = 0; j < n; ++j) { const vec16 sv = load(St + j * RP + 16 * c); mx = sv > mx ? sv : mx; }
+      const vec16 cr = vexp(mv[c] - mx);           // exp(-inf) = 0 on the first block
+      vec16 sum{};
+      for (j = 0; j < n; ++j) {
+        const vec16 pv = vexp(load(St + j * RP + 16 * c) - mx);
+        store(St + j * RP + 16 * c, pv);
+        sum += pv;
+      }
+      lv[c] = lv[c] * cr + sum;
+      mv[c] = mx;
+      store(corr + 16 * c, cr);
+    }
+    // o = o * corr + P V, four rows (and D / 16 vectors of each) at a time
+    const int64_t DV = D / 16;
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+      const int rows = (int)std::min<int64_t>(4, R - r0);
+      for (int64_t d0 = 0; d0 < DV; d0 += 4) {
+        const int dn = (int)std::min<int64_t>(4, DV - d0);
+        vec16 acc[4][4];
+        for (int rr = 0; rr < 4; ++rr)
+          for (int dd = 0; dd < 4; ++dd)
+            acc[rr][dd] = rr < rows && dd < dn ? load(o + (r0 + rr) * D + 16 * (d0 + dd)) * corr[r0 + rr] : vec16{};
+        for (j = 0; j < n; ++j) {
+          const float* vp = Vv + (k0 + j) * vs + 16 * d0;
+          vec16 vv[4];
+          for (int dd = 0; dd < 4; ++dd) vv[dd] = dd < dn ? load(vp + 16 * dd) : vec16{};
+          for (int rr = 0; rr < 4; ++rr) {
+            const vec16 pv = vec16{} + St[j * RP + r0 + rr];
+            for (int dd = 0; dd < 4; ++dd) acc[rr][dd] += pv * vv[dd];
+          }
+        }
+        for (int rr = 0; rr < rows; ++rr)
+          for (int dd = 0; dd < dn; ++dd) store(o + (r0 + rr) * D + 16 * (d0 + dd), acc[rr][dd]);
+      }
+    }
+  }
+  alignas(64) float mb[RP], lb[RP];
+  for (int c = 0; c < RV; ++c) { store(mb + 16 * c, mv[c]); store(lb + 16 * c, lv[c]); }
+  std::copy(mb, mb + R, m);
+  std::copy(lb, lb + R, l);
+}
+
+// _flash(q, k, v) of engine/model.py for a read-only prefix: q (b, Hkv, R, D) (the query heads
+// of a KV head as rows), keys / values (b, Hkv, L, D; rows D or more floats apart) -> (out (b,
+// Hkv, R, D), log-sum-exp (b, Hkv, R)) of softmax(q k^T / sqrt(D)) v, every key visible. For a
+// question's few rows over a long prefix: each KV head's keys are split into jobs that read them
+// once for all its rows (the flash kernel reads them once per block of 32 rows), merged at the end.
+constexpr int64_t PREFIX_MAX_ROWS = 96;
+std::tuple<at::Tensor, at::Tensor> prefix_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values) {
+  for (auto* t : {&q, &keys, &values})
+    check(t->device().is_cpu() && t->scalar_type() == at::kFloat, "prefix attention inputs must be fp32 CPU tensors");
+  check(q.dim() == 4 && keys.dim() == 4 && values.sizes() == keys.sizes() && keys.size(0) == q.size(0) &&
+        keys.size(1) == q.size(1) && keys.size(3) == q.size(3) && keys.stride(3) == 1 && values.stride(3) == 1 &&
+        keys.stride(2) >= keys.size(3) && values.stride(2) >= keys.size(3), "prefix attention shapes");
+  const int64_t b = q.size(0), Hkv = q.size(1), R = q.size(2), D = q.size(3), L = keys.size(2);
+  check(D % 16 == 0 && R >= 1 && R <= PREFIX_MAX_ROWS && L >= 1, "prefix attention: D a multiple of 16, 1..96 rows, keys");
+  const int64_t RV = (R + 15) / 16, RP = 16 * RV, splits = (L + PREFIX_SPLIT - 1) / PREFIX_SPLIT;
+  at::Tensor qc = q.contiguous();
+  // the scaled queries, transposed and padded with zero rows: (b * Hkv, D, RP)
+  std::vector<float> Qt(b * Hkv * D * RP, 0.0f);
+  const float scale = 1.0f / std::sqrt((float)D);
+  const float* qp = qc.const_data_ptr<float>();
+  for (int64_t bh = 0; bh < b * Hkv; ++bh)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t d = 0; d < D; ++d) Qt[(bh * D + d) * RP + r] = qp[(bh * R + r) * D + d] * scale;
+  std::vector<float> ms(b * Hkv * splits * R), ls(ms.size()), os(ms.size() * D);
+  const float *kp = keys.const_data_ptr<float>(), *vp = values.const_data_ptr<float>();
+  at::parallel_for(0, b * Hkv * splits, 1, [&](int64_t a, int64_t e) {
+    for (int64_t job = a; job < e; ++job) {
+      const int64_t bh = job / splits, sp = job % splits, bi = bh / Hkv, h = bh % Hkv;
+      const float* K = kp + bi * keys.stride(0) + h * keys.stride(1);
+      const float* Vv = vp + bi * values.stride(0) + h * values.stride(1);
+      const int64_t l0 = sp * PREFIX_SPLIT, l1 = std::min(L, l0 + PREFIX_SPLIT);
+      float *m = ms.data() + job * R, *l = ls.data() + job * R, *o = os.data() + job * R * D;
+      const float* qt = Qt.data() + bh * D * RP;
+      switch (RV) {
+        case 1: prefix_job<1>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+        case 2: prefix_job<2>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+        case 3: prefix_job<3>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+        case 4: prefix_job<4>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+        case 5: prefix_job<5>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+        default: prefix_job<6>(qt, R, D, K, keys.stride(2), Vv, values.stride(2), l0, l1, m, l, o); break;
+      }
+    }
+  });
+  at::Tensor out = at::empty({b, Hkv, R, D}, q.options());
+  at::Tensor lse = at::empty({b, Hkv, R}, q.options());
+  float *op = out.mutable_data_ptr<float>(), *lp = lse.mutable_data_ptr<float>();
+  for (int64_t bh = 0; bh < b * Hkv; ++bh)       // merge the splits: softmax over their maxima
+    for (int64_t r = 0; r < R; ++r) {
+      float M = -std::numeric_limits<float>::infinity();
+      for (int64_t sp = 0; sp < splits; ++sp) M = std::max(M, ms[(bh * splits + sp) * R + r]);
+      float total = 0.0f;
+      float* O = op + (bh * R + r) * D;
+      std::fill(O, O + D, 0.0f);
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const int64_t at = (bh * splits + sp) * R + r;
+        const float w = std::exp(ms[at] - M);
+        total += ls[at] * w;
+        for (int64_t d = 0; d < D; ++d) O[d] += os[at * D + d] * w;
+      }
+      for (int64_t d = 0; d < D; ++d) O[d] /= total;
+      lp[bh * R + r] = M + std::log(total);
+    }
+  return {out, lse};
+}
+
 // How many threads at::parallel_for spreads `n` one-item jobs over: the build check (a library
 // compiled without OpenMP runs every loop on the calling thread, and answers 1).
 int64_t parallel_threads(int64_t n) {
@@ -602,6 +779,7 @@ int64_t parallel_threads(int64_t n) {
 
 TORCH_LIBRARY(omnistream_cpu, m) {
   m.def("parallel_threads(int n) -> int", &parallel_threads);
+  m.def("prefix_attention(Tensor q, Tensor keys, Tensor values) -> (Tensor, Tensor)", &prefix_attention);
   m.def("linear(Tensor x, Tensor weight, Tensor? bias, int act) -> Tensor", &linear);
   m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases, int[] acts) -> Tensor[]", &linears);
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", &add_rms_norm);
