@@ -5,6 +5,8 @@
     python -m recipes.train card --out assets/default-model           (its README.md, from metrics.json)
     python -m recipes.train probe --data .cache/train-data/seed0/train (what the towers' features carry)
     python -m recipes.train recall --pattern 'MEM*'                    (can a decoder config learn lookups?)
+    python -m recipes.train narration --model DIR --data FOLDER        (how well a model captions the chunks)
+    python -m recipes.train gold-captions --model DIR                  (its answers with perfect captions)
 
 config.py  the tiny Omni configuration and the run's settings
 model.py   the model's parts, their seeded initialization, the checkpoint writer
