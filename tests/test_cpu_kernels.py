@@ -358,3 +358,29 @@ print(float(logits.abs().max()))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.strip().splitlines()[-1]) > 0.1
+
+
+def test_a_compiler_without_openmp_builds_serial_kernels_with_a_warning(tmp_path):
+    """-fopenmp refused (clang without libomp): the library is built without it, says so, and its
+    loops run on one thread."""
+    cxx = tmp_path / "cxx-without-openmp"
+    cxx.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "unsupported: -fopenmp" >&2; exit 1; }; done\n'
+                   'exec g++ "$@"\n')
+    cxx.chmod(0o755)
+    code = f"""
+import sys, warnings
+sys.path[:0] = [{str(ROOT)!r}]
+import torch
+import kernels.cpu as cpu
+cpu.CACHE = __import__('pathlib').Path({str(tmp_path / 'cache')!r})
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    assert cpu.ops() is not None
+assert any("run on one thread" in str(x.message) for x in w), [str(x.message) for x in w]
+torch.set_num_threads(2)
+print(cpu.parallel_threads(8))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "CXX": str(cxx)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "1"

@@ -53,12 +53,19 @@ def _cpu_id() -> str:
 
 
 def _compile(cxx: str, out: Path) -> None:
+    """Build the library; a compiler without OpenMP (clang without libomp) builds it serial."""
     from torch.utils.cpp_extension import include_paths, library_paths
     lib = library_paths()[0]
     cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            *(f"-I{p}" for p in include_paths()), str(SOURCE), f"-L{lib}", f"-Wl,-rpath,{lib}",
            "-lc10", "-ltorch_cpu", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        if subprocess.run([*cmd[:1], *(f for f in cmd[1:] if f != "-fopenmp")], capture_output=True).returncode == 0:
+            warnings.warn(f"{cxx} could not build the CPU kernels with OpenMP (-fopenmp): they run on one thread. "
+                          "Install the compiler's OpenMP runtime (libomp-dev for clang) to use all threads.",
+                          RuntimeWarning, stacklevel=4)
+            return
     if res.returncode:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{tail}")
