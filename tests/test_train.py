@@ -270,7 +270,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert omni.settings.narration.caption("audio", ["a bell"]) == "(heard: a bell) "     # it narrates
     # answers with the gold captions in context; 4 tokens cannot close the reasoning, so none is scored
     gold = gold_caption_accuracy(a, folder / "run" / "val", questions_per_clip=2, max_new_tokens=4)
-    assert gold["questions"] == 2 and gold["accuracy"] == 0.0 and sum(gold["per_skill"].values()) == 0.0
+    assert gold["n"] == 2 and gold["accuracy"] == 0.0 and sum(gold["per_skill"].values()) == 0.0
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     # phase 2 alone, from phase 1's snapshot and log, ends on the same weights as the whole run

@@ -119,7 +119,7 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     media and, after every chunk, the chunk's gold caption in place of the model's own; then each
     question is answered greedily (reasoning and answer) and scored as `python -m app eval`
     scores it. Against the held-out accuracy, this splits a miss between seeing and looking up."""
-    from app.evaluate import extract_choice, iou, parse_item, predicted_span
+    from app.evaluate import parse_item, score
     from engine.generate import SamplingParams, Session, generate
     from engine.tokenizer import Tokenizer
 
@@ -134,7 +134,7 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
     params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=(tok.token_id("<|im_end|>"),))
     items = [it for f in sorted((folder / "items").glob("*.json")) for it in json.loads(f.read_text())]
-    right, grounded, per_skill = 0, 0, {}
+    asked, answers = [], []
     with torch.inference_mode():
         for clip in _clips(folder, items):
             embeds, _, _ = trainer.prefix(clip, captioned=set(range(len(clip.meta))))
@@ -143,17 +143,9 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
             for it in clip.items[:questions_per_clip]:
                 session = stream.fork()
                 session.prefill(trainer.rows(clip, [it])[0][0])
-                text = "<think>\n" + tok.decode([t for t in generate(session, params) if t not in params.stop_ids])
-                item = parse_item(it, "gold-caption item")
-                ok = extract_choice(text, item.options) == item.correct_option_letter
-                right += ok
-                grounded += iou(predicted_span(text), item.span) >= 0.5
-                skill = per_skill.setdefault(item.question_type[0], [0, 0])
-                skill[0] += ok
-                skill[1] += 1
-    n = sum(v[1] for v in per_skill.values())
-    return {"questions": n, "accuracy": right / max(1, n), "r1_iou_0.5": grounded / max(1, n),
-            "per_skill": {k: a / b for k, (a, b) in per_skill.items()}}
+                asked.append(parse_item(it, "gold-caption item"))
+                answers.append("<think>\n" + tok.decode([t for t in generate(session, params) if t not in params.stop_ids]))
+    return score(asked, answers)
 
 
 def load_trained(folder, decoder, vision, audio) -> None:
