@@ -60,12 +60,11 @@ def _compile(cxx: str, out: Path) -> None:
            *(f"-I{p}" for p in include_paths()), str(SOURCE), f"-L{lib}", f"-Wl,-rpath,{lib}",
            "-lc10", "-ltorch_cpu", "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode:
-        if subprocess.run([*cmd[:1], *(f for f in cmd[1:] if f != "-fopenmp")], capture_output=True).returncode == 0:
-            warnings.warn(f"{cxx} could not build the CPU kernels with OpenMP (-fopenmp): they run on one thread. "
-                          "Install the compiler's OpenMP runtime (libomp-dev for clang) to use all threads.",
-                          RuntimeWarning, stacklevel=4)
-            return
+    if res.returncode and subprocess.run([f for f in cmd if f != "-fopenmp"], capture_output=True).returncode == 0:
+        warnings.warn(f"{cxx} could not build the CPU kernels with OpenMP (-fopenmp): they run on one thread. "
+                      "Install the compiler's OpenMP runtime (libomp-dev for clang) to use all threads.",
+                      RuntimeWarning, stacklevel=4)
+        return
     if res.returncode:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{tail}")
