@@ -10,11 +10,11 @@
 
 config.py  the tiny Omni configuration and the run's settings
 model.py   the model's parts, their seeded initialization, the checkpoint writer
-data.py    clips, frozen-tower features cached per clip, the streaming layout, training items
+data.py    clips, the towers' inputs cached per clip, the streaming layout, training items
 train.py   the loop: shared media prefix, batched questions, aux-loss-free expert balancing
 plots.py   loss curves drawn with PIL
 run.py     a whole run: data, tokenizer, training, checkpoint, held-out evaluation; the demo clips
-probe.py   linear probes: what the frozen towers' features carry
+probe.py   linear probes: what the towers' features carry
 recall.py  associative recall: how long a decoder configuration takes to learn to look things up
 card.py    the model card (README.md next to the weights), from the run's metrics
 """

@@ -63,7 +63,7 @@ def model_card(metrics: dict) -> str:
         f"- Vision: RADIO-style ViT with pixel shuffle, 2-frame tubelets and EVS, {p['vision']:,} parameters.",
         f"- Audio: Parakeet-style FastConformer (8x subsampling) with its projector, {p['audio']:,} parameters.",
         f"- {m['total_parameters']:,} parameters in all; `model.safetensors` is {m['model_safetensors_mb']} MB (fp32).",
-        "- The towers' encoders keep their seeded initialization (frozen); the decoder and both projectors are trained.",
+        "- The decoder, the vision tower (ViT and projector) and the audio projector are trained; the conformer keeps its seeded initialization (frozen).",
         "",
         "## Training",
         f"- Data (seed {metrics['seed']}): {d['train_clips']} clips, {d['train_seconds'] / 3600:.2f} hours, "

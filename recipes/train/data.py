@@ -1,11 +1,12 @@
-"""Training data: synthetic clips, their frozen-tower features cached once, and the training items.
+"""Training data: synthetic clips, their towers' inputs cached once, and the training items.
 
 Clips come from the synthetic generator (recipes/synthetic), clip by clip from the run's seed,
 in length bands. Each clip is read exactly as `python -m app eval` and a live session read it
 (app.evaluate.media_chunks: video at 1 fps in 2-frame tubelets with their frame labels, audio in
-2 s chunks with their time labels, in time order), except that the projectors are left out: the
-inputs of `mlp1` and `sound_projection` are cached per clip (`features/<clip>.safetensors` and
-the chunk list in `features/<clip>.json`), so training runs the projectors and the decoder only.
+2 s chunks with their time labels, in time order), except that what is trained is left out: the
+vision tower's input patches and the inputs of `sound_projection` (the frozen conformer's output)
+are cached per clip (`features/<clip>.tower-inputs.safetensors` and the chunk list in
+`features/<clip>.json`), so training runs the vision tower, the sound projector and the decoder.
 
 A training example is a clip with its questions (MMOU items; the target is the item's TA-CoT
 `reasoning`) plus one timeline item that lists every event of the clip with its time span:
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from app.evaluate import audio_chunks, question_prompt, parse_item, video_chunks
@@ -44,32 +46,37 @@ TIMELINE_QUESTION = "What happens in this clip? List every thing seen and heard,
 # ---------------------------------------------------------------------------------------------
 
 def clip_features(vision, audio, path, fps: float, audio_clip_s: float):
-    """The chunk list of a clip (app.evaluate's layout, EVS off) and the projector inputs of its
-    chunks: video (tubelets, tokens, 4 * ViT width), audio (tokens, conformer width)."""
+    """The chunk list of a clip (app.evaluate's layout, EVS off), the vision tower's inputs for its
+    tubelets (patches (tubelets, gh * gw, tubelet patch dim), and the grid) and the audio projector's
+    inputs (tokens, conformer width). The ViT is trained, so its pixels are cached; the conformer
+    stays frozen, so its outputs are."""
     from encoders import media
 
-    def capture(module):       # the projector's inputs, in the order the towers run (chunk order)
-        got = []
-        return got, module.register_forward_hook(lambda m, args, out: got.append(args[0].detach().clone()))
+    got, grids = [], set()
 
-    vgot, hook = capture(vision.mlp1)
+    def vision_input(module, args, kwargs):
+        got.append(args[0].detach().to(torch.float16))
+        grids.add(tuple(args[1]))
+
+    hook = vision.register_forward_pre_hook(vision_input, with_kwargs=True)
     try:
         vchunks = video_chunks(vision, media.iter_video_frames(path, fps=fps), vision.cfg.temporal_patch_size)
     finally:
         hook.remove()
-    agot, hook = capture(audio.projection)
+    agot = []
+    hook = audio.projection.register_forward_hook(lambda m, args, out: agot.append(args[0].detach().clone()))
     try:
         achunks = audio_chunks(audio, media.load_audio(path), audio_clip_s)
     finally:
         hook.remove()
-    video = torch.cat(vgot)
+    patches = torch.cat(got)
     audio_feats = [x for batch in agot for x in batch]
-    if video.shape[0] != len(vchunks) or [len(x) for x in audio_feats] != [c.num_tokens for c in achunks]:
-        raise RuntimeError(f"{path}: the captured features do not match the chunks")
+    if patches.shape[0] != len(vchunks) or len(grids) != 1 or [len(x) for x in audio_feats] != [c.num_tokens for c in achunks]:
+        raise RuntimeError(f"{path}: the captured tower inputs do not match the chunks")
     chunks = sorted(vchunks + achunks, key=lambda c: c.sort_key())
     meta = [{"modality": c.modality, "t0": c.t0, "t1": c.t1, "label": c.label, "seq": c.seq, "n": c.num_tokens}
             for c in chunks]
-    return meta, video, torch.cat(audio_feats)
+    return meta, patches, grids.pop(), torch.cat(audio_feats)
 
 
 _WORKER = {}
@@ -91,14 +98,18 @@ def _make_clip(job) -> list[dict]:
     out = Path(out)
     cid = clip_id(seed, index)
     items_path = out / "items" / f"{cid}.json"
-    feat_path = out / "features" / f"{cid}.safetensors"
+    feat_path = out / "features" / f"{cid}.tower-inputs.safetensors"
     if items_path.exists() and feat_path.exists():        # already made by an earlier, interrupted run
         return json.loads(items_path.read_text())
-    items = generate_clip(out, seed, index, lo, hi, load_wordbank())
+    if items_path.exists() and (out / "clips" / f"{cid}.mp4").exists():   # clip made before, inputs not cached
+        items = json.loads(items_path.read_text())
+    else:
+        items = generate_clip(out, seed, index, lo, hi, load_wordbank())
     with torch.inference_mode():
-        meta, video, audio = clip_features(_WORKER["vision"], _WORKER["audio"], out / f"clips/{cid}.mp4", fps,
-                                           audio_clip_s)
-    save_file({"video": video.contiguous(), "audio": audio.contiguous()}, str(feat_path))
+        meta, patches, grid, audio = clip_features(_WORKER["vision"], _WORKER["audio"], out / f"clips/{cid}.mp4",
+                                                   fps, audio_clip_s)
+    save_file({"video_patches": patches.contiguous(), "audio": audio.contiguous()}, str(feat_path),
+              metadata={"grid": json.dumps(list(grid))})
     (out / "features" / f"{cid}.json").write_text(json.dumps(meta) + "\n")
     items_path.write_text(json.dumps(items) + "\n")
     return items
@@ -147,8 +158,9 @@ class Clip:
     clip_id: str
     duration: float
     meta: list[dict]
-    video: torch.Tensor          # (tubelets, tokens, 4 * ViT width)
-    audio: torch.Tensor          # (tokens, conformer width)
+    video: torch.Tensor          # the ViT's inputs: (tubelets, gh * gw, tubelet patch dim), fp16
+    grid: tuple[int, int]        # (gh, gw) patches of a frame
+    audio: torch.Tensor          # the audio projector's inputs: (tokens, conformer width)
     items: list[dict]            # MMOU items, `reasoning` the target
     timeline: dict
 
@@ -170,10 +182,13 @@ class Clip:
 
 def load_clip(folder, clip_id: str, items: list[dict]) -> Clip:
     folder = Path(folder)
-    feats = load_file(str(folder / "features" / f"{clip_id}.safetensors"))
+    path = folder / "features" / f"{clip_id}.tower-inputs.safetensors"
+    feats = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        grid = tuple(json.loads(f.metadata()["grid"]))
     meta = json.loads((folder / "features" / f"{clip_id}.json").read_text())
     timeline = json.loads((folder / "timelines" / f"{clip_id}.json").read_text())
-    return Clip(clip_id, timeline["duration"], meta, feats["video"], feats["audio"], items, timeline)
+    return Clip(clip_id, timeline["duration"], meta, feats["video_patches"], grid, feats["audio"], items, timeline)
 
 
 def _cap(s: str) -> str:

@@ -1,6 +1,9 @@
-"""Linear probes on the frozen towers' cached features: does what the questions ask reach the decoder?
+"""Linear probes on the towers' features: does what the questions ask reach the decoder?
 
-    python -m recipes.train probe --data .cache/train-data/seed0/train
+    python -m recipes.train probe --data .cache/train-data/seed0/train [--model DIR]
+
+The video features are the vision tower's (seeded, or trained from DIR) pixel-shuffled ViT output
+of the cached patches; the audio features the frozen conformer's cached output.
 
 For every tubelet with one object on screen (or none), the colour, the kind (shape or word) and
 which shape or word it is; for every audio event inside one audio chunk, its kind and its word
@@ -15,19 +18,34 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 AUDIO_TOKEN_S = 0.08        # the audio tower's token stride (8x subsampling of 10 ms frames)
 
 
-def probe_samples(folder) -> tuple[list, list]:
-    """(video samples, audio samples) of a training data folder: (feature, labels, clip id) each."""
+def tubelet_features(vision, patches: torch.Tensor, grid) -> torch.Tensor:
+    """What `mlp1` reads (the pixel-shuffled ViT output) for cached tubelet patches."""
+    got = []
+    hook = vision.mlp1.register_forward_hook(lambda m, args, out: got.append(args[0]))
+    try:
+        with torch.inference_mode():
+            vision(patches.float(), grid, video=True)
+    finally:
+        hook.remove()
+    return got[0]
+
+
+def probe_samples(folder, vision) -> tuple[list, list]:
+    """(video samples, audio samples) of a training data folder, the video features from `vision`:
+    (feature, labels, clip id) each."""
+    from .data import load_clip
+
     folder = Path(folder)
     video, audio = [], []
     for meta_path in sorted((folder / "features").glob("*.json")):
         cid = meta_path.stem
         meta = json.loads(meta_path.read_text())
-        feats = load_file(str(meta_path.with_suffix(".safetensors")))
+        clip = load_clip(folder, cid, [])
+        feats = {"video": tubelet_features(vision, clip.video, clip.grid), "audio": clip.audio}
         events = json.loads((folder / "timelines" / f"{cid}.json").read_text())["events"]
         seen = [e for e in events if e["modality"] == "visual" and e["kind"] in ("shape", "word")]
         heard = [e for e in events if e["modality"] == "audio"]
@@ -74,9 +92,18 @@ def linear_probe(x: torch.Tensor, labels: list[str], held_out: torch.Tensor, epo
     return {"classes": len(classes), "held_out": n, "accuracy": float(right.float().mean()), "majority": majority / n}
 
 
-def probe_report(folder, held_out_share: float = 0.2, seed: int = 0) -> list[tuple[str, dict]]:
+def probe_report(folder, held_out_share: float = 0.2, seed: int = 0, model_dir=None) -> list[tuple[str, dict]]:
+    """The probes on the seeded (untrained) vision tower, or on the trained one of `model_dir`."""
+    from .config import VOCAB_SIZE
+    from .model import new_model
+
+    vision = new_model(seed, VOCAB_SIZE)[2]
+    if model_dir is not None:
+        from safetensors.torch import load_file
+        saved = load_file(str(Path(model_dir) / "model.safetensors"))
+        vision.load_state_dict({k: saved[k] for k in vision.state_dict()})
     torch.manual_seed(seed)
-    video, audio = probe_samples(folder)
+    video, audio = probe_samples(folder, vision)
     if not video or not audio:
         raise ValueError(f"{folder}: no cached features (features/*.json and *.safetensors) to probe")
     rows = []

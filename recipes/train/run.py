@@ -149,8 +149,8 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
 
 
 def load_trained(folder, decoder, vision, audio) -> None:
-    """The trained parts (decoder, both projectors) from a checkpoint this recipe wrote; its towers
-    must be the seeded ones these modules already hold."""
+    """The trained parts (decoder, vision tower, sound projector) from a checkpoint this recipe
+    wrote; its conformer must be the seeded one `audio` already holds."""
     from safetensors.torch import load_file
 
     from .model import checkpoint_tensors
@@ -160,12 +160,13 @@ def load_trained(folder, decoder, vision, audio) -> None:
     if saved.keys() != ours.keys():
         raise ValueError(f"{folder}: not a checkpoint of this model (names differ)")
     for k, v in ours.items():
-        trained = k.startswith(("language_model.", "mlp1.", "sound_projection."))
+        trained = k.startswith(("language_model.", "vision_model.", "mlp1.", "sound_projection."))
         if not trained and not torch.equal(saved[k], v):
             raise ValueError(f"{folder}: tower tensor {k} differs from this seed's (another seed's run?)")
     with torch.no_grad():
-        for module, prefix in ((decoder, "language_model."), (vision.mlp1, "mlp1."), (audio.projection, "sound_projection.")):
+        for module, prefix in ((decoder, "language_model."), (audio.projection, "sound_projection.")):
             module.load_state_dict({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
+        vision.load_state_dict({k: saved[k] for k in vision.state_dict()})
 
 
 VALIDATION_KEYS = ("val_loss", "val_loss_swapped_media", "val_caption_loss", "val_caption_loss_swapped_media")
@@ -353,6 +354,7 @@ def main(argv=None) -> int:
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
     pr = sub.add_parser("probe", help="linear probes on a data folder's cached tower features")
     pr.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/train"))
+    pr.add_argument("--model", type=Path, default=None, help="probe this checkpoint's trained vision tower (default: the seeded one)")
     c = sub.add_parser("card", help="redraw a run folder's curves and rewrite its metrics' log part and its card (README.md)")
     c.add_argument("--out", type=Path, required=True)
     n = sub.add_parser("narration", help="how well a narrating model captions the chunks of held-out clips")
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "probe":
             from .probe import format_report, probe_report
-            print(format_report(probe_report(args.data)))
+            print(format_report(probe_report(args.data, model_dir=args.model)))
             return 0
         if args.command == "card":
             print(f"wrote {refresh_card(args.out)}")

@@ -143,7 +143,7 @@ class Trainer:
         """(P, D) decoder input of the clip's session, through the projectors; its (P,) token ids
         (media positions hold their placeholder ids); and a (P,) mask of caption tokens. Chunk k in
         `captioned` is followed by its caption (data.chunk_caption), as a narrating model writes it."""
-        video = self.vision.mlp1(clip.video)
+        video = self.vision(clip.video.float(), clip.grid, video=True)
         audio = self.audio.projection(clip.audio)
         keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         embed = self.decoder.embed
