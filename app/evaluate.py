@@ -181,8 +181,10 @@ def resolve_video(item: Item, data_path, media_root=None) -> Path:
 
 
 def question_prompt(item: Item) -> str:
-    """The user message for an item: the question, its options one a line, the TA-CoT request."""
-    lines = [item.question.strip()] + [f"({k}) {v}" for k, v in item.options.items()] + [PROMPT_SUFFIX]
+    """The user message for an item: its options one a line, the TA-CoT request, then the question.
+    The question comes last because the answer's first tokens look its subject up in the media: the
+    bundled small model carried the subject poorly across ten options in between."""
+    lines = [f"({k}) {v}" for k, v in item.options.items()] + [PROMPT_SUFFIX, item.question.strip()]
     return "\n".join(lines)
 
 

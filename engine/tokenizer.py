@@ -454,17 +454,23 @@ def special_token_list() -> list[str]:
     return [SPECIAL_TOKENS.get(i, f"<SPECIAL_{i}>") for i in range(NUM_RESERVED)]
 
 
-def train_tokenizer(out_dir: str | os.PathLike, texts=SAMPLE_CORPUS, vocab_size: int = 300, repeat: int = 10) -> str:
+def train_tokenizer(out_dir: str | os.PathLike, texts=SAMPLE_CORPUS, vocab_size: int = 300, repeat: int = 10,
+                    whole_numbers: int = 0) -> str:
     """Train a byte-level BPE tokenizer on `texts`, shaped like the released Nemotron one, and write `tokenizer.json` (plus a minimal `tokenizer_config.json` that
     transformers' `PreTrainedTokenizerFast` also accepts) into `out_dir`.
 
     Special tokens sit at the released ids (SPECIAL_TOKENS). Deterministic for given texts and `vocab_size` (>= 288: 32 reserved ids + 256 bytes).
+    `whole_numbers` > 10 makes each integer below it one token (added tokens, after the BPE ones;
+    longer numbers split longest-first): digits one by one make a time like 48.6 four tokens that a
+    small model copies poorly. The BPE part then gets the vocabulary those leave.
     Returns the path of `tokenizer.json`.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < NUM_RESERVED + 256:
-        raise ValueError(f"vocab_size must be >= {NUM_RESERVED + 256}, got {vocab_size}")
+    numbers = [str(n) for n in range(10, whole_numbers)]
+    if vocab_size - len(numbers) < NUM_RESERVED + 256:
+        raise ValueError(f"vocab_size must be >= {NUM_RESERVED + 256 + len(numbers)} (with {len(numbers)} whole-number "
+                         f"tokens), got {vocab_size}")
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -474,7 +480,7 @@ def train_tokenizer(out_dir: str | os.PathLike, texts=SAMPLE_CORPUS, vocab_size:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(numbers),
         special_tokens=special_token_list(),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -482,6 +488,7 @@ def train_tokenizer(out_dir: str | os.PathLike, texts=SAMPLE_CORPUS, vocab_size:
     tok.train_from_iterator(list(texts) * repeat, trainer)
     for tid, name in SPECIAL_TOKENS.items():
         assert tok.token_to_id(name) == tid, (name, tok.token_to_id(name), tid)
+    tok.add_tokens([n for n in numbers if tok.token_to_id(n) is None])
 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(os.fspath(out_dir), "tokenizer.json")

@@ -182,5 +182,5 @@ def test_score_without_spans_and_table():
 def test_question_prompt_lists_every_option():
     item = _items()[0]
     text = question_prompt(item)
-    assert text.startswith("Q?\n(A) opt A\n(B) opt B") and "(J) opt J" in text
-    assert "timestamps" in text.splitlines()[-1]
+    assert text.startswith("(A) opt A\n(B) opt B") and "(J) opt J" in text
+    assert "timestamps" in text.splitlines()[-2] and text.splitlines()[-1] == "Q?"

@@ -15,6 +15,7 @@ from engine.tokenizer import (
     StreamDecoder,
     Tokenizer,
     build_chat_prompt,
+    train_tokenizer,
     validate_template_tokens,
 )
 from tokenizer_fixture import SPECIAL_TOKENS, build_test_tokenizer
@@ -473,3 +474,21 @@ def test_budget_rejects_bad_arguments():
         ReasoningBudget(5, END, [])
     with pytest.raises(ValueError):
         ReasoningBudget(5, END, CLOSE, grace=-1)
+
+
+def test_whole_number_tokens(tmp_path):
+    """With whole_numbers=N each integer below N is one token, after the BPE ones; longer numbers
+    split longest-first; text round-trips, and transformers reads the same ids."""
+    train_tokenizer(tmp_path, vocab_size=1000, whole_numbers=600)
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.vocab_size <= 1000
+    pieces = lambda s: [tok.decode([i]) for i in tok.encode(s)]          # noqa: E731
+    assert pieces("48.6-51.2") == ["48", ".", "6", "-", "51", ".", "2"]
+    assert pieces("599") == ["599"] and pieces("600") == ["60", "0"] and pieces("7") == ["7"]
+    text = "Frame 313 sampled at 312.00 seconds: from 1.5 s to 2026.25 s"
+    assert tok.decode(tok.encode(text)) == text
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
+    with pytest.raises(ValueError, match="whole-number"):
+        train_tokenizer(tmp_path / "small", vocab_size=600, whole_numbers=600)

@@ -423,7 +423,7 @@ def test_demo_examples_read_suggested_json_questions_json_and_bare_clips(tmp_pat
     questions = json.loads((demo / "questions.json").read_text())
     rows = demo_examples(demo)                                          # questions.json: each clip's first question
     assert rows[0][0] == str(clip.resolve()) and rows[0][2] == clip.name
-    assert rows[0][1].startswith(questions[0]["question"]) and rows[0][1].endswith(PROMPT_SUFFIX)
+    assert rows[0][1].startswith("(A) ") and rows[0][1].endswith(PROMPT_SUFFIX + "\n" + questions[0]["question"])
     assert rows[1] == (str(bare.resolve()), EXAMPLE_QUESTIONS[0], "talk.wav")
     assert len(rows) == 2 and demo_examples(tmp_path / "missing") == []
 

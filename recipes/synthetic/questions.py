@@ -95,14 +95,20 @@ def _count_options(rng, c: int):
     return _options(rng, str(c), [[str(k) for k in near[:9]]])
 
 
+def when_question(label: str, kind: str, t0: float, t1: float) -> tuple[str, tuple[float, float, str], str]:
+    """(question, reasoning step, right answer's text) of "When is <an event of this kind> ...?"."""
+    how = "on screen" if kind in ("shape", "word", "flash") else "spoken" if kind == "speech" else "heard"
+    return f"When is {label} {how}?", (t0, t1, f"{_cap(label)} is {how}."), _span_text(t0, t1)
+
+
 def q_when_visual(tl, rng, ctx):
     pool = _unique(_objects(tl))
     if not pool:
         return None
     e = pool[int(rng.integers(len(pool)))]
     opts = _span_options(rng, tl, e.t0, e.t1, [o for o in tl.visual if o is not e])
-    return opts and (f"When is {e.label} on screen?", opts, ["temporal understanding"],
-                     [(e.t0, e.t1, f"{_cap(e.label)} is on screen.")])
+    question, step, _ = when_question(e.label, e.kind, e.t0, e.t1)
+    return opts and (question, opts, ["temporal understanding"], [step])
 
 
 def q_when_audio(tl, rng, ctx):
@@ -110,10 +116,9 @@ def q_when_audio(tl, rng, ctx):
     if not pool:
         return None
     e = pool[int(rng.integers(len(pool)))]
-    verb = "spoken" if e.kind == "speech" else "heard"
     opts = _span_options(rng, tl, e.t0, e.t1, [o for o in tl.audio if o is not e])
-    return opts and (f"When is {e.label} {verb}?", opts, ["temporal understanding"],
-                     [(e.t0, e.t1, f"{_cap(e.label)} is {verb}.")])
+    question, step, _ = when_question(e.label, e.kind, e.t0, e.t1)
+    return opts and (question, opts, ["temporal understanding"], [step])
 
 
 def q_count_audio(tl, rng, ctx):

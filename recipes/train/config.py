@@ -37,10 +37,13 @@ AUDIO = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, interm
              scale_input=False, projection_hidden_size=512, projection_bias=False)
 PROJECTOR_HIDDEN = 512
 # The model narrates its stream (fusion.stream.Narration): after each chunk, what it holds.
-NARRATION = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 48}
+NARRATION = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 96}
 VIDEO_TARGET_PATCHES = 80      # 320x240 frames -> 8x10 patches -> 20 tokens a tubelet after pixel shuffle
 IMAGE_PATCHES = (64, 256)      # min / max patches of an image
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 1536
+# Integers below this are one token each (engine.tokenizer.train_tokenizer): a time span is then
+# 7 tokens (48 . 6 - 51 . 2) whose numbers are distinct tokens a lookup can match, not 9 digits.
+WHOLE_NUMBERS = 600
 
 
 def omni_config(vocab_size: int = VOCAB_SIZE) -> dict:
@@ -120,6 +123,7 @@ class TrainConfig:
     caption_share: float = 1.0          # chunks followed by their caption (1: the narrating layout inference uses)
     caption_weight: float = 1.0         # weight of a caption token in the loss
     timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
+    lookup_rows: int = 24               # "When is X ...?" rows a step adds (data.lookup_rows), at most
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step

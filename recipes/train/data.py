@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from app.evaluate import audio_chunks, question_prompt, parse_item, video_chunks
-from app.timestamps import format_reasoning
+from app.timestamps import format_reasoning, format_seconds
 from fusion.stream import EmbeddingChunk, Narration
 
 from .config import NARRATION as NARRATION_CONFIG
@@ -211,15 +211,35 @@ NARRATION = Narration.from_dict(NARRATION_CONFIG, "recipes.train.config.NARRATIO
 
 
 def chunk_caption(timeline: dict, chunk: dict) -> str:
-    """What a chunk (a `meta` entry) holds, in the generator's words: the audio events centred in
-    its span, or the visual events on screen in either frame of its tubelet."""
+    """What a chunk (a `meta` entry) holds, in the generator's words, each thing with its time span
+    (`(seen: a pink star 3.1-7.4) `): the audio events centred in its span, or the visual events on
+    screen in either frame of its tubelet. A question's time span is then a copy of the asked
+    thing's caption, which a small decoder learns; without spans in the captions it never did."""
     events = timeline["events"]
     if chunk["modality"] == "audio":
-        got = [e["label"] for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
+        got = [e for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
     else:
-        got = [e["label"] for e in events if e["modality"] == "visual"
+        got = [e for e in events if e["modality"] == "visual"
                and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
-    return NARRATION.caption(chunk["modality"], got)
+    return NARRATION.caption(chunk["modality"],
+                             [f"{e['label']} {format_seconds(e['t0'])}-{format_seconds(e['t1'])}" for e in got])
+
+
+def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:
+    """(key, question, target) of "When is X ...?" (no options) for every event whose label is
+    unique in the clip: dense supervision of the lookup every question needs (a clip's dozen
+    questions ask for about one; the lookup appeared only with a row per event)."""
+    from collections import Counter
+
+    from recipes.synthetic.questions import when_question
+
+    counts = Counter(e["label"] for e in timeline["events"])
+    rows = []
+    for e in timeline["events"]:
+        if counts[e["label"]] == 1 and e["kind"] != "flash":
+            question, step, answer = when_question(e["label"], e["kind"], e["t0"], e["t1"])
+            rows.append((f"{timeline['clip_id']}/when/{e['id']}", question, format_reasoning([step], answer)[len("<think>\n"):]))
+    return rows
 
 
 def timeline_target(timeline: dict) -> str:

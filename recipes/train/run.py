@@ -24,7 +24,7 @@ import torch
 from app.evaluate import question_prompt
 
 from .card import write_model_card
-from .config import VOCAB_SIZE, TrainConfig
+from .config import VOCAB_SIZE, WHOLE_NUMBERS, TrainConfig
 
 EVS_EVAL_RATE = 0.7
 
@@ -220,7 +220,8 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
 
     t = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(out, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1)
+    train_tokenizer(out, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1,
+                    whole_numbers=WHOLE_NUMBERS)
     tok = Tokenizer.from_dir(out)
     raw, decoder, vision, audio = new_model(cfg.seed, VOCAB_SIZE)
     trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])

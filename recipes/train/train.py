@@ -33,7 +33,7 @@ from engine.state import State
 from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
-from .data import Clip, chunk_caption, prompt_and_target, timeline_prompt_and_target
+from .data import Clip, chunk_caption, lookup_rows, prompt_and_target, timeline_prompt_and_target
 from .recall import RecallTask, recall_batch, recall_loss
 
 # NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
@@ -167,11 +167,13 @@ class Trainer:
         return self.suffix(clip.clip_id + "/timeline", *timeline_prompt_and_target(clip.timeline))
 
     def loss(self, clip: Clip, items: list[dict], timeline: bool, evs_rate: float = 0.0,
-             context_weight: float = 0.0, captioned=(), caption_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+             context_weight: float = 0.0, captioned=(), caption_weight: float = 1.0,
+             lookups=()) -> tuple[torch.Tensor, dict]:
         """Mean target-token cross-entropy of the clip's items (and its timeline item, weighted).
         With `context_weight`, the text the model reads (frame and audio labels, questions with their
         options) is predicted too, at that weight per token: free signal, those tokens are run anyway.
-        The captions of the chunks in `captioned` are predicted at `caption_weight` per token."""
+        The captions of the chunks in `captioned` are predicted at `caption_weight` per token.
+        `lookups` are (key, question, target) rows (data.lookup_rows), counted like the items."""
         x, ids, is_caption = self.prefix(clip, evs_rate, captioned)
         state = self.decoder.new_state()
         out = decoder_forward(self.decoder, state, inputs_embeds=x[None], logits="none")
@@ -194,6 +196,8 @@ class Trainer:
         for group in (rows[:half], rows[half:]):
             if group:
                 parts.append(("qa", Batch(group), 1.0))
+        if lookups:
+            parts.append(("lookup", Batch([self.suffix(*row) for row in lookups]), 1.0))
         if timeline:
             parts.append(("timeline", Batch([self.timeline_row(clip)]), TIMELINE_WEIGHT))
         total, weight = caption_weight * caption_nll, 0.0
@@ -214,7 +218,7 @@ class Trainer:
             stats["suffix_tokens"] += batch.ids.numel()
             total = total + w * nll
             weight += w * n
-        for name in ("qa", "timeline"):
+        for name in ("qa", "lookup", "timeline"):
             if stats.get(f"{name}_tokens"):
                 stats[f"{name}_loss"] /= stats[f"{name}_tokens"]
         if context_n:
@@ -299,7 +303,10 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
             captioned = {k for k in range(len(clip.meta)) if rng.random() < cfg.caption_share}
-            loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight)
+            lookups = lookup_rows(clip.timeline)
+            lookups = rng.sample(lookups, min(len(lookups), cfg.lookup_rows))
+            loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight,
+                                       lookups)
             total = loss
             if cfg.recall_mix_rows:
                 r_loss, stats["recall_accuracy"] = recall_loss(d, *recall_batch(recall_task, d.cfg.vocab_size, recall_rows))
