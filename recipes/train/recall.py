@@ -71,11 +71,12 @@ def recall_loss(decoder, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torc
 
 
 def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTask = RecallTask(),
-                 warmup: int = 50, progress: bool = True) -> dict:
+                 warmup: int = 50, progress: bool = True, until: float | None = None) -> dict:
     """`steps` of recall with a fresh AdamW at a constant `lr` after a linear warm-up (expert biases
-    balanced as in training); one JSON line a step to the open file `log`. Returns the summary:
-    steps, seconds, the mean accuracy of the last 20 steps, and the first step whose 20-step mean
-    accuracy reached 50% (None if none did)."""
+    balanced as in training); one JSON line a step to the open file `log`. With `until`, the stage
+    ends early once the 20-step mean accuracy reaches it. Returns the summary: steps run, seconds,
+    the mean accuracy of the last 20 steps, and the first step whose 20-step mean accuracy reached
+    50% (None if none did)."""
     from tqdm import tqdm
 
     from .config import TrainConfig
@@ -106,9 +107,11 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
             log.flush()
             bar.set_postfix(acc=f"{sum(recent) / len(recent):.2f}")
             bar.update(1)
+            if until is not None and len(recent) == 20 and sum(recent) / 20 >= until:
+                break
     load.remove()
     decoder.eval()
-    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "steps": steps,
+    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "steps": step + 1, "max_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),
             "final_accuracy": round(sum(recent) / max(1, len(recent)), 4), "learnt_at_step": learnt_at}
 
@@ -134,9 +137,10 @@ def recall_probe(pattern: str | None, stages: list[tuple[int, int]], lr: float, 
 
 
 def recall_stages(decoder, stages: list[tuple[int, int]], lr: float, seed: int, log_path: Path,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, until: float | None = None) -> list[dict]:
     """Train `decoder` on recall in `stages` of (pairs, steps), one after the other, stage k drawing
-    its rows from seed + k; one JSON line a step in `log_path`. Returns each stage's summary."""
+    its rows from seed + k; one JSON line a step in `log_path`. With `until`, a stage ends once its
+    accuracy reaches that (its steps are then a limit). Returns each stage's summary."""
     with open(log_path, "w") as log:
         return [train_recall(decoder, steps, lr, seed + k, log, RecallTask.of(pairs),
-                             progress=progress) for k, (pairs, steps) in enumerate(stages)]
+                             progress=progress, until=until) for k, (pairs, steps) in enumerate(stages)]

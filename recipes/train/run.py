@@ -238,7 +238,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         from .recall import recall_stages
         t_recall = time.perf_counter()
         stages = recall_stages(decoder, list(cfg.recall_stages), cfg.recall_lr, cfg.seed, out / "recall_log.jsonl",
-                               progress)
+                               progress, until=cfg.recall_until)
         phases.append({"phase": 0, "task": "associative recall", "stages": stages,
                        "seconds": round(time.perf_counter() - t_recall, 1)})
     if phase1_from is None:
