@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sys
 import time
@@ -73,7 +74,8 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
     """How well a narrating model captions the chunks of the clips in `folder` (clips/*.mp4 with
     their timelines/*.json), read as `python -m app eval` reads them (EVS off): per modality, the
     share of chunks whose caption is exactly the timeline's, and of the things the captions name,
-    the share that are there (precision) and of the things there, the share named (recall)."""
+    the share that are there (precision) and of the things there, the share named (recall). A
+    thing is compared by its name (its time span left out); `exact` compares the whole caption."""
     import torch
 
     from app.engine_loop import stream_header
@@ -90,7 +92,7 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
 
     def things(caption: str, modality: str) -> set[str]:
         body = caption[len(NARRATION.prefix[modality]):-len(NARRATION.close) - 1]
-        return set() if body == "nothing" else set(body.split("; "))
+        return set() if body == "nothing" else {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in body.split("; ")}
 
     for mp4 in sorted((Path(folder) / "clips").glob("*.mp4")):
         timeline = json.loads((Path(folder) / "timelines" / f"{mp4.stem}.json").read_text())
