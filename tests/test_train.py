@@ -400,3 +400,15 @@ def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):
     trainer = Trainer(decoder, vision, audio, tok)
     _, stats = trainer.loss(clip, clip.items[:2], False, lookups=rows[:3])
     assert stats["lookup_tokens"] == sum(len(tok.encode(t)) + 1 for _, _, t in rows[:3]) and stats["lookup_loss"] > 0
+
+
+def test_narration_compares_things_by_name(data):
+    """The narration score reads the names a caption gives, spans left out, as the captions write them."""
+    from recipes.train.run import caption_things
+    folder, items, clips, *_ = data
+    clip = clips[0]
+    for m in clip.meta:
+        names = {e["label"] for e in clip.timeline["events"] if e["label"] in chunk_caption(clip.timeline, m)}
+        assert caption_things(chunk_caption(clip.timeline, m), m["modality"]) == names
+    assert caption_things('(heard: a bell 3.1-3.6; the word "cat" 12.0-12.4) ', "audio") == {"a bell", 'the word "cat"'}
+    assert caption_things("(seen: nothing) ", "video") == set()

@@ -70,6 +70,14 @@ def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None) -> dict:
     return m
 
 
+def caption_things(caption: str, modality: str) -> set[str]:
+    """The names a caption (data.chunk_caption's form) gives, their time spans left out."""
+    from .data import NARRATION
+
+    body = caption[len(NARRATION.prefix[modality]):-len(NARRATION.close) - 1]
+    return set() if body == "nothing" else {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in body.split("; ")}
+
+
 def narration_accuracy(model_dir: Path, folder: Path) -> dict:
     """How well a narrating model captions the chunks of the clips in `folder` (clips/*.mp4 with
     their timelines/*.json), read as `python -m app eval` reads them (EVS off): per modality, the
@@ -83,16 +91,12 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
     from engine.generate import Session
     from fusion.omni import OmniModel
 
-    from .data import NARRATION, chunk_caption
+    from .data import chunk_caption
 
     omni = OmniModel.load(model_dir)
     if omni.settings.narration is None:
         raise ValueError(f"{model_dir}: the model does not narrate (no stream_narration in config.json)")
     counts: dict[str, dict[str, int]] = {}
-
-    def things(caption: str, modality: str) -> set[str]:
-        body = caption[len(NARRATION.prefix[modality]):-len(NARRATION.close) - 1]
-        return set() if body == "nothing" else {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in body.split("; ")}
 
     for mp4 in sorted((Path(folder) / "clips").glob("*.mp4")):
         timeline = json.loads((Path(folder) / "timelines" / f"{mp4.stem}.json").read_text())
@@ -105,7 +109,7 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
                 n = counts.setdefault(c.modality, dict.fromkeys(("chunks", "exact", "named", "named_right", "there"), 0))
                 n["chunks"] += 1
                 n["exact"] += said == gold
-                got, want = things(said, c.modality), things(gold, c.modality)
+                got, want = caption_things(said, c.modality), caption_things(gold, c.modality)
                 n["named"] += len(got)
                 n["named_right"] += len(got & want)
                 n["there"] += len(want)
