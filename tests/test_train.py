@@ -380,14 +380,17 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
 
 
 def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):
-    """One "When is X ...?" row per event whose label is unique in its clip (flashes aside), worded as
-    the generator's when-questions, answered with the event's own span; the loss counts them."""
+    """One "When is X ...?" row per event whose label no other event of its modality shares (flashes
+    aside), worded as the generator's when-questions, answered with the event's own span; the loss
+    counts them."""
     from recipes.train.data import lookup_rows
     folder, items, clips, tok, _ = data
     clip = clips[0]
     events = clip.timeline["events"]
     rows = lookup_rows(clip.timeline)
-    unique = [e for e in events if sum(o["label"] == e["label"] for o in events) == 1 and e["kind"] != "flash"]
+    objects = [e for e in events if e["modality"] == "visual" and e["kind"] != "flash"]
+    sounds = [e for e in events if e["modality"] == "audio"]
+    unique = [e for group in (objects, sounds) for e in group if sum(o["label"] == e["label"] for o in group) == 1]
     assert len(rows) == len(unique) > 0 and len({k for k, _, _ in rows}) == len(rows)
     for (key, question, target), e in zip(rows, unique):
         assert question.startswith(f"When is {e['label']} ") and question.endswith("?")

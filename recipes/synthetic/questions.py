@@ -95,29 +95,35 @@ def _count_options(rng, c: int):
     return _options(rng, str(c), [[str(k) for k in near[:9]]])
 
 
-def when_question(label: str, kind: str, t0: float, t1: float) -> tuple[str, tuple[float, float, str], str]:
-    """(question, reasoning step, right answer's text) of "When is <an event of this kind> ...?"."""
-    how = "on screen" if kind in ("shape", "word", "flash") else "spoken" if kind == "speech" else "heard"
-    return f"When is {label} {how}?", (t0, t1, f"{_cap(label)} is {how}."), _span_text(t0, t1)
+def when_pool(tl: Timeline, modality: str) -> list[Event]:
+    """The events a "When is X?" question can ask about: on screen, the objects (flashes aside) whose
+    label no other object shares; heard, the audio events whose label no other sound shares."""
+    return _unique(_objects(tl)) if modality == "visual" else _unique(tl.audio)
+
+
+def when_question(e: Event) -> tuple[str, tuple[float, float, str], str]:
+    """(question, reasoning step, right answer's text) of "When is <e> on screen / spoken / heard?"."""
+    how = "on screen" if e.modality == "visual" else "spoken" if e.kind == "speech" else "heard"
+    return f"When is {e.label} {how}?", (e.t0, e.t1, f"{_cap(e.label)} is {how}."), _span_text(e.t0, e.t1)
 
 
 def q_when_visual(tl, rng, ctx):
-    pool = _unique(_objects(tl))
+    pool = when_pool(tl, "visual")
     if not pool:
         return None
     e = pool[int(rng.integers(len(pool)))]
     opts = _span_options(rng, tl, e.t0, e.t1, [o for o in tl.visual if o is not e])
-    question, step, _ = when_question(e.label, e.kind, e.t0, e.t1)
+    question, step, _ = when_question(e)
     return opts and (question, opts, ["temporal understanding"], [step])
 
 
 def q_when_audio(tl, rng, ctx):
-    pool = _unique(tl.audio)
+    pool = when_pool(tl, "audio")
     if not pool:
         return None
     e = pool[int(rng.integers(len(pool)))]
     opts = _span_options(rng, tl, e.t0, e.t1, [o for o in tl.audio if o is not e])
-    question, step, _ = when_question(e.label, e.kind, e.t0, e.t1)
+    question, step, _ = when_question(e)
     return opts and (question, opts, ["temporal understanding"], [step])
 
 

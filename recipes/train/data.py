@@ -226,19 +226,17 @@ def chunk_caption(timeline: dict, chunk: dict) -> str:
 
 
 def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:
-    """(key, question, target) of "When is X ...?" (no options) for every event whose label is
-    unique in the clip: dense supervision of the lookup every question needs (a clip's dozen
-    questions ask for about one; the lookup appeared only with a row per event)."""
-    from collections import Counter
+    """(key, question, target) of "When is X ...?" (no options) for every event the generator's
+    when-questions can ask about: dense supervision of the lookup every question needs (a clip's
+    dozen questions ask for about one; the lookup appeared only with a row per event)."""
+    from recipes.synthetic.questions import when_pool, when_question
+    from recipes.synthetic.timeline import Timeline
 
-    from recipes.synthetic.questions import when_question
-
-    counts = Counter(e["label"] for e in timeline["events"])
+    tl = Timeline.from_json(timeline)
     rows = []
-    for e in timeline["events"]:
-        if counts[e["label"]] == 1 and e["kind"] != "flash":
-            question, step, answer = when_question(e["label"], e["kind"], e["t0"], e["t1"])
-            rows.append((f"{timeline['clip_id']}/when/{e['id']}", question, format_reasoning([step], answer)[len("<think>\n"):]))
+    for e in when_pool(tl, "visual") + when_pool(tl, "audio"):
+        question, step, answer = when_question(e)
+        rows.append((f"{tl.clip_id}/when/{e.id}", question, format_reasoning([step], answer)[len("<think>\n"):]))
     return rows
 
 

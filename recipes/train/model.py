@@ -3,7 +3,8 @@
 The decoder, the whole vision tower (ViT and `mlp1`) and the sound projector are trained; the
 conformer stays at its seeded random initialization (frozen), a random projection of the log-mel
 frames that the trained `sound_projection` learns to read. (A frozen random ViT carried colour but
-little shape: a linear probe on its features named the shape or word of 31% of the tubelets.) `save_omni` writes the released Hugging Face layout:
+little shape: a linear probe on its features named the shape or word of 31% of the tubelets.)
+`save_omni` writes the released Hugging Face layout:
 `language_model.*`, `vision_model.radio_model.*`, `mlp1.*`, `sound_encoder.encoder.*`,
 `sound_projection.*`, plus the always-constant tensors transformers expects (RADIO layer scales
 of 1, its summary indices, BatchNorm batch counters).

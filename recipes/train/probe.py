@@ -97,11 +97,10 @@ def probe_report(folder, held_out_share: float = 0.2, seed: int = 0, model_dir=N
     from .config import VOCAB_SIZE
     from .model import new_model
 
-    vision = new_model(seed, VOCAB_SIZE)[2]
+    _, decoder, vision, audio = new_model(seed, VOCAB_SIZE)
     if model_dir is not None:
-        from safetensors.torch import load_file
-        saved = load_file(str(Path(model_dir) / "model.safetensors"))
-        vision.load_state_dict({k: saved[k] for k in vision.state_dict()})
+        from .run import load_trained
+        load_trained(model_dir, decoder, vision, audio)
     torch.manual_seed(seed)
     video, audio = probe_samples(folder, vision)
     if not video or not audio:

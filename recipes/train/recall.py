@@ -87,7 +87,7 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
     load = ExpertLoad(decoder)
     decoder.train()
-    start, recent, learnt_at = time.perf_counter(), [], None
+    start, recent, learnt_at, step = time.perf_counter(), [], None, -1
     vocab = decoder.cfg.vocab_size
     with tqdm(total=steps, desc=f"recall, {task.pairs} pairs", unit="step", file=sys.stderr, disable=not progress) as bar:
         for step in range(steps):
