@@ -244,7 +244,8 @@ def test_timeline_target_and_tokenizer(data):
 def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
-                      evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)))
+                      evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)), vision_steps=2,
+                      vision_clips=1)
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -260,12 +261,15 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert m["training"]["steps_run"] == 5 and m["model"]["model_safetensors_mb"] < 50
     recall = [json.loads(line) for line in (a / "recall_log.jsonl").read_text().splitlines()]   # phase 0 ran first
     assert [(r["pairs"], r["step"]) for r in recall] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1)]
-    assert [s["steps"] for s in m["training"]["phases"][0]["stages"]] == [3, 2]
+    vision = [json.loads(line) for line in (a / "vision_log.jsonl").read_text().splitlines()]   # the ViT first
+    assert [r["step"] for r in vision] == [1, 2] and m["training"]["phases"][0]["phase"] == "vision"
+    assert [s["steps"] for s in m["training"]["phases"][1]["stages"]] == [3, 2]
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     card = (a / "README.md").read_text()
     assert "Before the clips, associative recall" in card and "2 pairs for 3 steps" in card
+    assert "First, the ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()
@@ -415,3 +419,46 @@ def test_narration_compares_things_by_name(data):
         assert caption_things(chunk_caption(clip.timeline, m), m["modality"]) == names
     assert caption_things('(heard: a bell 3.1-3.6; the word "cat" 12.0-12.4) ', "audio") == {"a bell", 'the word "cat"'}
     assert caption_things("(seen: nothing) ", "video") == set()
+
+
+def test_vision_pretraining_labels_each_object_by_the_tokens_it_covers():
+    """A drawn object's labels are its own, its token weights sit where it is drawn, and a few steps
+    of pretraining lower the loss on a fixed batch."""
+    import numpy as np
+
+    from recipes.synthetic.timeline import Event, Timeline
+    from recipes.synthetic.wordbank import load_wordbank
+    from recipes.train.vision import VisionHeads, label_names, object_cover, tubelet_batch
+
+    bank = load_wordbank()
+    colours, things = label_names(bank.categories)
+    assert colours[-1] == things[-1] == "none" and "star" in things and "DOG" in things
+    star = Event("v0", "visual", "shape", "a red star", 0.0, 5.0, colour="red", shape="star", size=0.2,
+                 position={"x0": 0.1, "y0": 0.1, "x1": 0.1, "y1": 0.1})
+    word = Event("v1", "visual", "word", "the blue word DOG", 0.0, 5.0, colour="blue", word="DOG", size=0.12,
+                 position={"x0": 0.7, "y0": 0.8, "x1": 0.7, "y1": 0.8})
+    tl = Timeline("t", 10.0, (30, 30, 30), [star, word])
+    cover = object_cover(tl, [0, 10], 4, 5)
+    assert cover.shape == (2, 20)
+    assert cover[0].reshape(4, 5)[0, 0] > 0.2 and cover[0].reshape(4, 5)[2:, :].sum() == 0     # top left
+    assert cover[1].reshape(4, 5)[3, 3] > 0 and cover[1].reshape(4, 5)[:2, :].sum() == 0        # bottom row
+    _, decoder, vision, _ = new_model(0, VOCAB_SIZE)
+    words_s = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
+    patches, grid, objects = tubelet_batch(np.random.default_rng(0), vision.cfg, bank.categories, words_s, colours,
+                                           things, clips=1, seconds=(12.0, 12.0))
+    assert patches.shape == (6, grid[0] * grid[1], 2 * 3 * 16 * 16) and objects
+    for i, w, c, t in objects:
+        assert 0 <= i < 6 and abs(float(w.sum()) - 1) < 1e-5 and colours[c] != "none" and things[t] != "none"
+    torch.manual_seed(0)
+    heads = VisionHeads(vision, colours, things)
+    params = [p for n, p in vision.named_parameters() if not n.startswith("mlp1.")] + list(heads.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    with torch.no_grad():
+        first = float(heads.loss(vision, patches, grid, objects)[0])
+    for _ in range(5):
+        loss = heads.loss(vision, patches, grid, objects)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(heads.loss(vision, patches, grid, objects)[0]) < first - 0.5

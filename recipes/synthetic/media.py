@@ -43,24 +43,43 @@ def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, floa
     return [(x + q * math.cos(math.radians(a)), y - q * math.sin(math.radians(a))) for a, q in zip(angles, radii)]
 
 
+def object_place(timeline: Timeline, e, index: int) -> tuple[float, float] | None:
+    """Where visual event `e` is centred in frame `index` (pixels), or None when it is not on screen."""
+    f0, f1 = round(e.t0 * timeline.fps), round(e.t1 * timeline.fps)
+    if not f0 <= index < f1:
+        return None
+    u = (index - f0) / max(1, f1 - f0 - 1)
+    p = e.position
+    return ((p["x0"] + u * (p["x1"] - p["x0"])) * timeline.width, (p["y0"] + u * (p["y1"] - p["y0"])) * timeline.height)
+
+
+def object_box(timeline: Timeline, e, index: int) -> tuple[float, float, float, float] | None:
+    """The pixel box (left, top, right, bottom) visual event `e` is drawn in at frame `index`, or None."""
+    at = object_place(timeline, e, index)
+    if at is None:
+        return None
+    x, y = at
+    if e.kind in ("word", "flash"):
+        left, top, right, bottom = _font(max(8, round(e.size * timeline.height))).getbbox(e.word, anchor="mm")
+        return (x + left, y + top, x + right, y + bottom)
+    r = e.size * timeline.height / 2
+    return (x - r, y - r, x + r, y + r)
+
+
 def draw_frame(timeline: Timeline, index: int) -> Image.Image:
     """Frame `index` (time index / fps): the background and every object on screen, later ones on top."""
-    w, h = timeline.width, timeline.height
-    img = Image.new("RGB", (w, h), timeline.background)
+    img = Image.new("RGB", (timeline.width, timeline.height), timeline.background)
     draw = ImageDraw.Draw(img)
     for e in timeline.visual:
-        f0, f1 = round(e.t0 * timeline.fps), round(e.t1 * timeline.fps)
-        if not f0 <= index < f1:
+        at = object_place(timeline, e, index)
+        if at is None:
             continue
-        u = (index - f0) / max(1, f1 - f0 - 1)
-        p = e.position
-        x = (p["x0"] + u * (p["x1"] - p["x0"])) * w
-        y = (p["y0"] + u * (p["y1"] - p["y0"])) * h
+        x, y = at
         colour = COLOURS[e.colour]
         if e.kind in ("word", "flash"):
-            draw.text((x, y), e.word, fill=colour, font=_font(max(8, round(e.size * h))), anchor="mm")
+            draw.text((x, y), e.word, fill=colour, font=_font(max(8, round(e.size * timeline.height))), anchor="mm")
             continue
-        r = e.size * h / 2
+        r = e.size * timeline.height / 2
         if e.shape == "circle":
             draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
         elif e.shape == "square":

@@ -69,6 +69,12 @@ def model_card(metrics: dict) -> str:
         f"- Data (seed {metrics['seed']}): {d['train_clips']} clips, {d['train_seconds'] / 3600:.2f} hours, "
         f"{d['train_questions']} multiple-choice questions with TA-CoT targets, plus each clip's timed event list; "
         f"clips of 20 s to {d['longest_train_clip_s']:g} s.",
+        *[f"- First, the ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
+          f"each object's colour and shape or word its labels, {ph['seconds'] / 60:.1f} min; on held-out fresh tubelets, "
+          f"colour {_pct(ph['held_out_after']['colour'])} and shape or word {_pct(ph['held_out_after']['shape_or_word'])} "
+          f"of {ph['held_out_after']['objects']} objects right (from {_pct(ph['held_out_before']['colour'])} and "
+          f"{_pct(ph['held_out_before']['shape_or_word'])})."
+          for ph in t.get("phases", []) if ph["phase"] == "vision"],
         *[f"- Before the clips, associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
           f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
           "of values right over its last 20 steps)" for s in ph["stages"]) + f", {ph['seconds'] / 60:.1f} min: the "

@@ -127,6 +127,12 @@ class TrainConfig:
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step
+    # vision pretraining (vision.py) before everything: the ViT on tubelets drawn fresh every step,
+    # with each object's colour and shape or word as labels; 0 skips it. Through the captions alone
+    # the ViT learnt colour but not shape or word.
+    vision_steps: int = 1500
+    vision_lr: float = 1e-3
+    vision_clips: int = 4               # fresh timelines a step (about 30 tubelets)
     # phase 0: associative recall (recall.py) before the clips, as (pairs, steps) stages of a
     # curriculum; () skips it. The clips' questions are lookups in the context, which no run
     # learnt from the clips alone (the questions' loss was the same without the captions).

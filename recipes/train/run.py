@@ -240,6 +240,12 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
 
     log_path = out / "train_log.jsonl"
     phases = []
+    if phase1_from is None and cfg.vision_steps:
+        from .vision import pretrain_vision
+        with open(out / "vision_log.jsonl", "w") as vlog:
+            got = pretrain_vision(vision, cfg.vision_steps, cfg.seed, cfg.vision_lr, cfg.vision_clips,
+                                  log=lambda row: vlog.write(json.dumps(row) + "\n"), progress=progress)
+        phases.append({"phase": "vision", "task": "objects' colour and shape or word, fresh tubelets", **got})
     if phase1_from is None and cfg.recall_stages:
         from .recall import recall_stages
         t_recall = time.perf_counter()
