@@ -359,6 +359,29 @@ def test_recall_rows_ask_for_values_the_context_holds():
         assert asked == [14, 16, 18, 20]
         for j in asked:
             assert tgt[j] == row[j + 1] == pairs[row[j]]
+    # with a gap, each query is its key, the gap tokens, then its value, predicted from the gap's last token
+    gapped = RecallTask(pairs=6, queries=4, rows=5, gap=(11, 12, 13))
+    ids, targets = recall_batch(gapped, VOCAB_SIZE, torch.Generator().manual_seed(0))
+    assert ids.shape == targets.shape == (5, 1 + 2 * 6 + 1 + 5 * 4)
+    for row, tgt in zip(ids.tolist(), targets.tolist()):
+        pairs = dict(zip(row[1:13:2], row[2:13:2]))
+        asked = [j for j, t in enumerate(tgt) if t != -100]
+        assert asked == [17, 22, 27, 32]
+        for j in asked:
+            assert row[j - 3] in pairs and row[j - 2:j + 1] == [11, 12, 13] and tgt[j] == row[j + 1] == pairs[row[j - 3]]
+
+
+def test_recall_stages_take_their_gap_from_the_chat_template():
+    from engine.tokenizer import Tokenizer
+    from recipes.train.recall import chat_gap, stage_task
+
+    tok = Tokenizer.from_dir(Path(__file__).resolve().parent.parent / "assets" / "default-model")
+    gap = chat_gap(tok)
+    assert tok.decode(list(gap)) == "<|im_end|>\n<|im_start|>assistant\n<think>\n<t>"
+    assert stage_task((16, 100), gap).gap == () and stage_task((16, 100, 2), gap).gap == gap[-2:]
+    assert stage_task((8, 100, len(gap)), gap, rows=4).gap == gap and stage_task((8, 1, 1), gap, rows=4).rows == 4
+    with pytest.raises(ValueError, match=f"a gap of {len(gap) + 1} tokens, but only {len(gap)} gap ids"):
+        stage_task((16, 100, len(gap) + 1), gap)
 
 
 def test_recall_probe_command_trains_and_logs(tmp_path):
@@ -367,20 +390,20 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
     over the vocabulary (ln 1536 = 7.34) towards uniform over the value half (ln 480 = 6.17; keys and values are drawn below id 1,024)."""
     log = tmp_path / "recall.jsonl"
     out = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pattern", "M*", "--pairs", "4,8",
-                          "--steps", "40,5", "--log", str(log)], capture_output=True, text=True, timeout=300,
+                          "--steps", "40,5", "--gaps", "0,3", "--log", str(log)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["pattern"] == "M*"
-    assert [(s["pairs"], s["queries"], s["steps"]) for s in summary["stages"]] == [(4, 4, 40), (8, 8, 5)]
+    assert [(s["pairs"], s["queries"], s["steps"], s["gap"]) for s in summary["stages"]] == [(4, 4, 40, 0), (8, 8, 5, 3)]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [(r["pairs"], r["step"]) for r in rows] == [(4, k) for k in range(40)] + [(8, k) for k in range(5)]
+    assert [(r["pairs"], r["step"], r["gap"]) for r in rows] == [(4, k, 0) for k in range(40)] + [(8, k, 3) for k in range(5)]
     assert rows[0]["recall_loss"] > 7.2
     assert sum(r["recall_loss"] for r in rows[35:40]) / 5 < 7.0
     bad = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pairs", "4,8", "--steps", "1,2,3",
                           "--log", str(log)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
-    assert bad.returncode == 2 and "--steps has 3 numbers for 2 stages" in bad.stderr
+    assert bad.returncode == 2 and "3 numbers in --steps and 2 in --gaps for 2 stages of --pairs" in bad.stderr
 
 
 def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):

@@ -136,7 +136,11 @@ class TrainConfig:
     # phase 0: associative recall (recall.py) before the clips, as (pairs, steps) stages of a
     # curriculum; () skips it. The clips' questions are lookups in the context, which no run
     # learnt from the clips alone (the questions' loss was the same without the captions).
-    recall_stages: tuple = ((4, 4000), (8, 900), (16, 1200))
+    # Then stages with a gap (pairs, steps, gap): the last `gap` tokens of the chat template between a
+    # query's key and its value (recall.chat_gap, 9 tokens), so the decoder carries a question's subject
+    # to the answer's first span number; a decoder that recalled with no gap did not learn a gap of 2
+    # or 7 directly, and learnt 1, 2 and 4 in turn within 400 steps each.
+    recall_stages: tuple = ((4, 4000), (8, 900), (16, 1200), (16, 600, 1), (16, 600, 2), (16, 800, 4), (16, 1200, 9))
     # a stage ends once its 20-step accuracy reaches this; its steps are the limit. The 4-pair stage's
     # plateau depends on the initialization: learnt at step ~1,000 in one run, still at 1% at 1,100
     # in the next (another vocabulary size, so other random draws).

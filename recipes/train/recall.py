@@ -10,6 +10,12 @@ it with a sharp transition after a plateau, and the plateau's length is what thi
 decoder pattern (`python -m recipes.train recall --pattern ...`), in minutes instead of a run.
 
 Keys and values are drawn from disjoint halves of the ordinary token ids (above the special ones).
+
+A question's answer does not follow its subject at once: the chat template's end of the user turn,
+the assistant header and `<think>\n<t>` come between (9 tokens), and the decoder has to carry the
+subject across them. With `gap` tokens between each query's key and its value the task measures
+that: a decoder that recalled with no gap stayed at chance with 2 or 7 tokens between for hundreds
+of steps, and learnt them one stage at a time (0, 1, 2, 4 tokens), as the pairs are learnt.
 """
 
 from __future__ import annotations
@@ -32,17 +38,24 @@ class RecallTask:
     first_id: int = 64          # ids below are special tokens and single bytes the task leaves alone
     end_id: int = 1024          # and ids from here on: drawn from 1,536 ids, 4-pair recall was at 3.1% after
                                 # 1,100 steps; from 1,024 (the stages' timing was set on) it was learnt by 1,037
-    separator_id: int = 10      # "\n" in the byte-level vocabulary: the context's end
+    separator_id: int = 10      # the context's end
+    gap: tuple = ()             # token ids between each query's key and its value
 
     @classmethod
-    def of(cls, pairs: int, rows: int = 32) -> "RecallTask":
+    def of(cls, pairs: int, rows: int = 32, gap: tuple = ()) -> "RecallTask":
         """`pairs` pairs a row, as many queried as the default allows (all of them when fewer)."""
-        return cls(pairs=pairs, queries=min(cls.queries, pairs), rows=rows)
+        return cls(pairs=pairs, queries=min(cls.queries, pairs), rows=rows, gap=tuple(gap))
+
+
+# The gap of the recall probe's stages (python -m recipes.train recall): ids below RecallTask.first_id,
+# which keys and values never use. A run uses its tokenizer's chat template instead (gap_ids).
+PROBE_GAP = tuple(range(11, 20))
 
 
 def recall_batch(task: RecallTask, vocab_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (rows, L), targets (rows, L)): BOS, key-value pairs, the separator, then queries and
-    their values; targets hold each query's value at the query's position, -100 elsewhere."""
+    """(ids (rows, L), targets (rows, L)): BOS, key-value pairs, the separator, then queries, each
+    its key, the task's gap tokens and its value; targets hold each value at the position before it
+    (the key's, or the gap's last), -100 elsewhere."""
     half = (min(vocab_size, task.end_id) - task.first_id) // 2
     if task.queries > task.pairs or half < task.pairs:
         raise ValueError(f"recall task {task} does not fit a vocabulary of {vocab_size}")
@@ -51,10 +64,12 @@ def recall_batch(task: RecallTask, vocab_size: int, g: torch.Generator) -> tuple
     values = torch.randint(0, half, (b, n), generator=g) + task.first_id + half
     asked = torch.stack([torch.randperm(n, generator=g)[:q] for _ in range(b)])
     context = torch.stack([keys, values], 2).reshape(b, 2 * n)
-    tail = torch.stack([keys.gather(1, asked), values.gather(1, asked)], 2).reshape(b, 2 * q)
+    g_len = len(task.gap)
+    gap = torch.tensor(task.gap, dtype=torch.long).expand(b, q, g_len)
+    tail = torch.cat([keys.gather(1, asked)[..., None], gap, values.gather(1, asked)[..., None]], 2).reshape(b, -1)
     ids = torch.cat([torch.ones(b, 1, dtype=torch.long), context, torch.full((b, 1), task.separator_id), tail], 1)
     targets = torch.full_like(ids, -100)
-    at = torch.arange(2 * n + 2, ids.shape[1], 2)          # the query positions
+    at = torch.arange(2 * n + 2 + g_len, ids.shape[1], 2 + g_len)      # the positions before the values
     targets[:, at] = ids[:, at + 1]
     return ids, targets
 
@@ -102,7 +117,7 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
             recent = (recent + [acc])[-20:]
             if learnt_at is None and len(recent) == 20 and sum(recent) / 20 >= 0.5:
                 learnt_at = step
-            log.write(json.dumps({"pairs": task.pairs, "step": step, "time_s": round(time.perf_counter() - start, 2),
+            log.write(json.dumps({"pairs": task.pairs, "gap": len(task.gap), "step": step, "time_s": round(time.perf_counter() - start, 2),
                                   "recall_loss": round(float(loss.detach()), 5), "recall_accuracy": round(acc, 4)}) + "\n")
             log.flush()
             bar.set_postfix(acc=f"{sum(recent) / len(recent):.2f}")
@@ -111,16 +126,17 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
                 break
     load.remove()
     decoder.eval()
-    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "steps": step + 1, "max_steps": steps,
+    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "gap": len(task.gap), "steps": step + 1,
+            "max_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),
             "final_accuracy": round(sum(recent) / max(1, len(recent)), 4), "learnt_at_step": learnt_at}
 
 
-def recall_probe(pattern: str | None, stages: list[tuple[int, int]], lr: float, seed: int, log_path: Path,
+def recall_probe(pattern: str | None, stages: list[tuple], lr: float, seed: int, log_path: Path,
                  progress: bool = True) -> dict:
     """A fresh decoder of the default model's configuration (with `pattern` as its
     hybrid_override_pattern if given), seeded as a run seeds it, trained on recall in `stages`
-    of (pairs, steps), one after the other (stage k draws its rows from seed + k). Few pairs first
+    of (pairs, steps[, gap]), one after the other (stage k draws its rows from seed + k). Few pairs first
     is a curriculum: `MEM*` learnt 4 pairs, then took 8 and 16 at once, where 16 from the start
     stayed at chance for 3,000 steps."""
     from engine.checkpoint import init_random
@@ -136,11 +152,27 @@ def recall_probe(pattern: str | None, stages: list[tuple[int, int]], lr: float, 
             "stages": recall_stages(decoder, stages, lr, seed, log_path, progress)}
 
 
-def recall_stages(decoder, stages: list[tuple[int, int]], lr: float, seed: int, log_path: Path,
-                  progress: bool = True, until: float | None = None) -> list[dict]:
-    """Train `decoder` on recall in `stages` of (pairs, steps), one after the other, stage k drawing
-    its rows from seed + k; one JSON line a step in `log_path`. With `until`, a stage ends once its
-    accuracy reaches that (its steps are then a limit). Returns each stage's summary."""
+def chat_gap(tok) -> tuple:
+    """A run's gap ids: what its tokenizer puts between a question's last word and the answer's first
+    span number (the end of the user turn, the assistant header, `<think>\n<t>`)."""
+    from app.engine_loop import question_tail
+
+    return tuple(tok.encode(question_tail("") + "<t>"))
+
+
+def stage_task(stage: tuple, gap_ids: tuple = PROBE_GAP, rows: int = RecallTask.rows) -> RecallTask:
+    """The task of a stage (pairs, steps[, gap]): its gap is the last `gap` of `gap_ids`."""
+    pairs, gap = stage[0], (stage[2] if len(stage) > 2 else 0)
+    if gap > len(gap_ids):
+        raise ValueError(f"recall stage {tuple(stage)}: a gap of {gap} tokens, but only {len(gap_ids)} gap ids")
+    return RecallTask.of(pairs, rows, gap_ids[len(gap_ids) - gap:] if gap else ())
+
+
+def recall_stages(decoder, stages: list[tuple], lr: float, seed: int, log_path: Path,
+                  progress: bool = True, until: float | None = None, gap_ids: tuple = PROBE_GAP) -> list[dict]:
+    """Train `decoder` on recall in `stages` of (pairs, steps[, gap]), one after the other, stage k
+    drawing its rows from seed + k; one JSON line a step in `log_path`. With `until`, a stage ends
+    once its accuracy reaches that (its steps are then a limit). Returns each stage's summary."""
     with open(log_path, "w") as log:
-        return [train_recall(decoder, steps, lr, seed + k, log, RecallTask.of(pairs),
-                             progress=progress, until=until) for k, (pairs, steps) in enumerate(stages)]
+        return [train_recall(decoder, stage[1], lr, seed + k, log, stage_task(stage, gap_ids),
+                             progress=progress, until=until) for k, stage in enumerate(stages)]

@@ -247,10 +247,10 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                                   log=lambda row: vlog.write(json.dumps(row) + "\n"), progress=progress)
         phases.append({"phase": "vision", "task": "objects' colour and shape or word, fresh tubelets", **got})
     if phase1_from is None and cfg.recall_stages:
-        from .recall import recall_stages
+        from .recall import chat_gap, recall_stages
         t_recall = time.perf_counter()
         stages = recall_stages(decoder, list(cfg.recall_stages), cfg.recall_lr, cfg.seed, out / "recall_log.jsonl",
-                               progress, until=cfg.recall_until)
+                               progress, until=cfg.recall_until, gap_ids=chat_gap(tok))
         phases.append({"phase": 0, "task": "associative recall", "stages": stages,
                        "seconds": round(time.perf_counter() - t_recall, 1)})
     if phase1_from is None:
@@ -384,6 +384,8 @@ def main(argv=None) -> int:
     rc.add_argument("--pattern", default=None, help="hybrid_override_pattern (default: the default model's)")
     rc.add_argument("--pairs", default="4,8,16", help="key-value pairs a row, one number per stage (a curriculum)")
     rc.add_argument("--steps", default="1100,900,1200", help="steps of each stage (one number: every stage)")
+    rc.add_argument("--gaps", default="0", help="tokens between a query's key and its value, one number per stage "
+                                                "(one number: every stage)")
     rc.add_argument("--lr", type=float, default=3e-3)
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--log", type=Path, default=Path(".cache/recall.jsonl"), help="one JSON line a step")
@@ -414,14 +416,13 @@ def main(argv=None) -> int:
             return 0
         if args.command == "recall":
             from .recall import recall_probe
-            pairs, steps = ([int(x) for x in v.split(",")] for v in (args.pairs, args.steps))
-            if len(steps) == 1:
-                steps *= len(pairs)
-            if len(steps) != len(pairs):
-                raise ValueError(f"--steps has {len(steps)} numbers for {len(pairs)} stages of --pairs")
+            pairs, steps, gaps = ([int(x) for x in v.split(",")] for v in (args.pairs, args.steps, args.gaps))
+            steps, gaps = (v * len(pairs) if len(v) == 1 else v for v in (steps, gaps))
+            if not len(steps) == len(gaps) == len(pairs):
+                raise ValueError(f"{len(steps)} numbers in --steps and {len(gaps)} in --gaps for {len(pairs)} stages of --pairs")
             torch.set_num_threads(TrainConfig.threads)
             args.log.parent.mkdir(parents=True, exist_ok=True)
-            print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps)), args.lr, args.seed, args.log)))
+            print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps, gaps)), args.lr, args.seed, args.log)))
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")

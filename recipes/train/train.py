@@ -34,7 +34,7 @@ from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
 from .data import Clip, chunk_caption, lookup_rows, prompt_and_target, timeline_prompt_and_target
-from .recall import RecallTask, recall_batch, recall_loss
+from .recall import RecallTask, chat_gap, recall_batch, recall_loss, stage_task
 
 # NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
 # the kernels keep no in-place updates of saved tensors), so training calls it undecorated.
@@ -282,7 +282,8 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     steps = cfg.steps
     sampler = ClipSampler(clips, cfg, rng)
     recall_rows = torch.Generator().manual_seed(cfg.seed + 7000)
-    recall_task = RecallTask.of(cfg.recall_stages[-1][0] if cfg.recall_stages else RecallTask.pairs, cfg.recall_mix_rows)
+    recall_task = (stage_task(cfg.recall_stages[-1], chat_gap(trainer.tok), cfg.recall_mix_rows) if cfg.recall_stages
+                   else RecallTask.of(RecallTask.pairs, cfg.recall_mix_rows))
     start = time.perf_counter()
     deadline = start + 60 * cfg.minutes if cfg.minutes else math.inf
     stopped_early = False
