@@ -14,8 +14,9 @@ Keys and values are drawn from disjoint halves of the ordinary token ids (above 
 A question's answer does not follow its subject at once: the chat template's end of the user turn,
 the assistant header and `<think>\n<t>` come between (9 tokens), and the decoder has to carry the
 subject across them. With `gap` tokens between each query's key and its value the task measures
-that: a decoder that recalled with no gap stayed at chance with 2 or 7 tokens between for hundreds
-of steps, and learnt them one stage at a time (0, 1, 2, 4 tokens), as the pairs are learnt.
+that. Starting from a decoder that recalled with no gap (16 pairs, 2-token values, lr 2e-3), a gap
+of 7 stayed at chance (1.2% of first values after 300 steps), while stages of 1, 2 and 4 tokens were
+learnt in turn, 400 steps each (76%, 83%, 86%).
 """
 
 from __future__ import annotations
