@@ -77,7 +77,7 @@ def model_card(metrics: dict) -> str:
           for ph in t.get("phases", []) if ph["phase"] == "vision"],
         *[f"- Before the clips, associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
           f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
-          "of values right over its last 20 steps)" if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} tokens between "
+          "of values right over its last 20 steps)" if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} token{'s' * (s['gap'] != 1)} between "
           f"a query and its value for {s['steps']} steps ({_pct(s['final_accuracy'])})" for s in ph["stages"]) + f", {ph['seconds'] / 60:.1f} min: the "
           "questions are lookups in the context, which no run learnt from the clips alone."
           + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
