@@ -24,14 +24,10 @@ AUDIO_TOKEN_S = 0.08        # the audio tower's token stride (8x subsampling of 
 
 def tubelet_features(vision, patches: torch.Tensor, grid) -> torch.Tensor:
     """What `mlp1` reads (the pixel-shuffled ViT output) for cached tubelet patches."""
-    got = []
-    hook = vision.mlp1.register_forward_hook(lambda m, args, out: got.append(args[0]))
-    try:
-        with torch.inference_mode():
-            vision(patches.float(), grid, video=True)
-    finally:
-        hook.remove()
-    return got[0]
+    from .vision import mlp1_input
+
+    with torch.inference_mode():
+        return mlp1_input(vision, patches, grid)
 
 
 def probe_samples(folder, vision) -> tuple[list, list]:

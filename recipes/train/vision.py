@@ -6,8 +6,10 @@ linear probe on its features named the shape or word of 27% of the tubelets, the
 learnt colour and memorized the shapes and words. Here every step draws new timelines with the
 clip generator (recipes.synthetic: same objects, sizes, motion and renderer as the clips), takes
 their tubelets at the clips' 1 fps through the same pre-processing as a clip's frames
-(encoders.vision.preprocess_video), and labels every token of the pixel-shuffled grid with the
-object that covers most of it: its colour, and its shape or word (or "none" for both).
+(encoders.vision.preprocess_video), and classifies every object on screen in a tubelet, its colour
+and its shape or word, from the features of the tokens its drawn box covers (weighted by how much
+of each it covers). Per-token labels (each token the object covering most of it, or "none")
+learnt colour but not shape or word in 2,500 steps.
 
 Two linear heads read what `mlp1` reads; they are thrown away afterwards. `tubelet_batch` is the
 data, `pretrain_vision` the loop, `VisionHeads.accuracy` the held-out figure the run records.
@@ -24,6 +26,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from encoders.vision import image_to_patches, preprocess_video
+
+
+def mlp1_input(vision, patches, grid) -> torch.Tensor:
+    """What `mlp1` reads (the pixel-shuffled ViT output) for tubelet patches (B, gh * gw, patch dim)."""
+    got = []
+    hook = vision.mlp1.register_forward_hook(lambda m, args, out: got.append(args[0]))
+    try:
+        vision(patches.float(), grid, video=True)
+    finally:
+        hook.remove()
+    return got[0]
+
 
 def label_names(words: dict[str, list[str]]) -> tuple[list[str], list[str]]:
     """(colour classes, shape-or-word classes) of the generator's objects, "none" last in each."""
@@ -91,20 +105,10 @@ class VisionHeads(nn.Module):
         self.colour = nn.Linear(width, len(colours))
         self.thing = nn.Linear(width, len(things))
 
-    @staticmethod
-    def features(vision, patches, grid) -> torch.Tensor:
-        got = []
-        hook = vision.mlp1.register_forward_hook(lambda m, args, out: got.append(args[0]))
-        try:
-            vision(patches.float(), grid, video=True)
-        finally:
-            hook.remove()
-        return got[0]
-
     def loss(self, vision, patches, grid, objects) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-entropy of each object's colour and shape or word, read from its tokens' features
         weighted by how much of each it covers; and the predicted classes."""
-        f = self.features(vision, patches, grid)
+        f = mlp1_input(vision, patches, grid)
         pooled = torch.stack([w @ f[i] for i, w, _, _ in objects])
         colour = torch.tensor([c for _, _, c, _ in objects])
         thing = torch.tensor([s for _, _, _, s in objects])
