@@ -14,7 +14,11 @@ transformers keeps the in-memory model), on CPU, fp32, 2 threads. Measured:
   streamed prefix (ours: fork of a session that already read the prefix; theirs: re-prefill
   of prefix + question, as reference servers do);
 * this machine's copy bandwidth and the decode bound it implies (bandwidth / weight bytes read
-  per decoded token).
+  per decoded token);
+* this machine's fp32 matrix-product peak (the best median GFLOP/s of `torch.mm` at 2 threads
+  over a few prefill-like shapes) and the prefill bound it implies at each prompt length (peak /
+  the prefill FLOPs per token counted from the config, see `prefill_flops`): the ceiling that
+  the "prefill >= 2x transformers" target is checked against.
 
 Run from the repo root: `python bench/decoder.py [--quick] [--json PATH]`.
 """
@@ -119,6 +123,66 @@ def param_counts(cfg) -> dict:
     n_moe = cfg.pattern.count("E")
     unused = n_moe * (cfg.n_routed_experts - cfg.num_experts_per_tok) * expert + (V - 1) * H
     return {"total": total, "read_per_token": total - unused, "expert": expert, "moe_layers": n_moe}
+
+
+def prefill_flops(cfg, T: int) -> dict:
+    """FLOPs per token of a T-token prefill (batch 1), from the config (an engine DecoderConfig).
+
+    Matrix products only, 2 FLOPs per multiply-add; elementwise work (norms, gates, activations,
+    softmax, the depthwise conv, the SSD decay exponentials) is left out, so the count is a lower
+    bound on the work and the tok/s bound derived from it an upper bound. Per token:
+
+    * linear layers: Mamba in_proj (H -> d_inner + conv_dim + heads) and out_proj; attention
+      q, k, v, o; MLP up and down; MoE router (H -> n_routed_experts), num_experts_per_tok
+      routed experts (up and down, at width moe_latent_size or H), the shared expert and, with
+      moe_latent_size, the latent down and up projections. 2 * in * out each.
+    * causal attention, per layer: token i (1-based) attends to i keys, scores q.k and the
+      weighted sum of values each cost heads * head_dim multiply-adds a key, so the prompt costs
+      2 * 2 * heads * head_dim * T (T + 1) / 2 FLOPs: 2 * heads * head_dim * (T + 1) a token.
+    * Mamba2 chunked scan (SSD), per layer, with Q = min(chunk_size, T), c = ceil(T / Q) chunks
+      (padded, as kernels/mamba.py runs it), h heads of dim p, g groups, state size n: per chunk
+      the dense intra-chunk products C.B^T (g x Q x Q x n, shared by the heads of a group) and
+      L.X (h x Q x Q x p), the chunk's state contribution X^T.B (h x p x n x Q) and the carried
+      state's output C.S (h x Q x n x p):
+          2 * c * (Q^2 * (g n + h p) + 2 Q h p n) / T  FLOPs a token.
+    * the output head at the last position only (logits_to_keep=1 on both sides): 2 H V / T.
+    """
+    H, Q = cfg.hidden_size, min(cfg.chunk_size, T)
+    lin = lambda i, o: 2 * i * o
+    width = cfg.moe_latent_size or H
+    per_kind = {
+        "M": lin(H, cfg.mamba_d_inner + cfg.mamba_conv_dim + cfg.mamba_num_heads) + lin(cfg.mamba_d_inner, H),
+        "*": 2 * lin(H, cfg.num_attention_heads * cfg.head_dim) + 2 * lin(H, cfg.num_key_value_heads * cfg.head_dim),
+        "-": 2 * lin(H, cfg.intermediate_size),
+        "E": (lin(H, cfg.n_routed_experts) + cfg.num_experts_per_tok * 2 * lin(width, cfg.moe_intermediate_size)
+              + 2 * lin(H, cfg.moe_shared_expert_intermediate_size) + (2 * lin(H, width) if cfg.moe_latent_size else 0)),
+    }
+    h, p, g, n = cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state_size
+    chunks = -(-T // Q)
+    ssd = 2 * chunks * (Q * Q * (g * n + h * p) + 2 * Q * h * p * n) / T
+    attn = 2 * cfg.num_attention_heads * cfg.head_dim * (T + 1)
+    out = {"linear": sum(per_kind[c] for c in cfg.pattern),
+           "attention": cfg.pattern.count("*") * attn, "ssd": cfg.pattern.count("M") * ssd,
+           "head": lin(H, cfg.vocab_size) / T}
+    out["total"] = sum(out.values())
+    return out
+
+
+MM_SHAPES = [(2048, 512, 2576), (2048, 512, 384), (2048, 1024, 512), (2048, 2048, 2048)]   # (m, k, n)
+
+
+def matmul_peak(repeats: int = 5) -> tuple[float, dict, bool]:
+    """This machine's fp32 matrix-product peak at THREADS threads: the best median FLOP/s of
+    `torch.mm(a, b, out=c)` over MM_SHAPES (Mamba in_proj, an expert's up projection, Mamba
+    out_proj at a 2048-token prefill, and a large square product). Returns (FLOP/s, GFLOP/s per
+    shape, whether a figure was contended)."""
+    per_shape, contended = {}, False
+    for m, k, n in MM_SHAPES:
+        a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        ms = measure(lambda: torch.mm(a, b, out=c), repeats, warmup=2)
+        per_shape[f"{m}x{k}@{k}x{n}"] = 2 * m * k * n / ms.seconds / 1e9
+        contended |= ms.contended
+    return max(per_shape.values()) * 1e9, per_shape, contended
 
 
 # ---- timing helpers ------------------------------------------------------------------------
@@ -462,6 +526,10 @@ def main(argv=None) -> int:
     bound = bw / bytes_per_token
     res["bandwidth"] = {"copy_bytes_per_s": bw, "decode_bound_tok_s": bound, "contended": m.contended}
     log(f"copy bandwidth {bw / 1e9:.1f} GB/s (read+write) -> decode bound {bound:.1f} tok/s")
+    peak, per_shape, contended = matmul_peak()
+    res["compute"] = {"mm_peak_flop_s": peak, "mm_gflop_s": per_shape, "contended": contended}
+    log(f"fp32 torch.mm peak {peak / 1e9:.1f} GFLOP/s at {THREADS} threads (" +
+        ", ".join(f"{k}: {v:.1f}" for k, v in per_shape.items()) + ")")
 
     # -- prefill -------------------------------------------------------------------------------
     res["prefill"] = {}
@@ -469,9 +537,14 @@ def main(argv=None) -> int:
         ids = rand_ids(gen, 1, T)
         mo = measure(lambda: ours_prefill(model, ids), R)
         mh = measure(lambda: hf_prefill(hf, ids), R)
+        fl = prefill_flops(cfg, T)
         res["prefill"][T] = {"ours_tok_s": T / mo.seconds, "hf_tok_s": T / mh.seconds, "ours_s": mo.seconds,
-                             "hf_s": mh.seconds, "contended": mo.contended or mh.contended}
-        log(f"prefill {T}: ours {T / mo.seconds:.0f} tok/s, transformers {T / mh.seconds:.0f} tok/s")
+                             "hf_s": mh.seconds, "contended": mo.contended or mh.contended,
+                             "flops_per_token": fl, "compute_bound_tok_s": peak / fl["total"]}
+        log(f"prefill {T}: ours {T / mo.seconds:.0f} tok/s, transformers {T / mh.seconds:.0f} tok/s; "
+            f"{fl['total'] / 1e6:.1f} MFLOP/token (linear {fl['linear'] / 1e6:.1f}, attention "
+            f"{fl['attention'] / 1e6:.2f}, SSD {fl['ssd'] / 1e6:.2f}, head {fl['head'] / 1e6:.2f}) -> fp32 "
+            f"compute bound {peak / fl['total']:.0f} tok/s")
 
     # -- decode --------------------------------------------------------------------------------
     res["decode"] = {}
@@ -553,6 +626,7 @@ def main(argv=None) -> int:
 def report(res: dict, S: dict) -> None:
     rows = []     # metric, ours, theirs, ratio (x better), target, status
     checks = []
+    comp = res["compute"]
     flag = lambda r: " †" if r.get("contended") else ""
     for kind, label, unit in (("prefill", "prefill {} tokens", "tok/s"), ("decode", "decode batch {}", "tok/s")):
         for n, r in res[kind].items():
@@ -561,6 +635,14 @@ def report(res: dict, S: dict) -> None:
             checks.append(ok)
             rows.append((f"{label.format(n)} ({unit}){flag(r)}", fmt(r["ours_tok_s"]), fmt(r["hf_tok_s"]),
                          fmt(ratio, "x"), f">= {TARGETS[kind]:g}x transformers", verdict(ok)))
+        if kind == "prefill":                    # what the target asks for against what the CPU can do
+            for n, r in res["prefill"].items():
+                bound, need = r["compute_bound_tok_s"], TARGETS["prefill"] * r["hf_tok_s"]
+                rows.append((f"prefill {n} tokens: fp32 compute bound (tok/s){flag(comp)}", fmt(bound), "-", "-",
+                             f"{TARGETS['prefill']:g}x transformers = {fmt(need)} tok/s = "
+                             f"{fmt(100 * need / bound, '%')} of the bound", ""))
+                rows.append((f"prefill {n} tokens: share of the compute bound{flag(r)}",
+                             fmt(100 * r["ours_tok_s"] / bound, "%"), fmt(100 * r["hf_tok_s"] / bound, "%"), "-", "", ""))
     bw = res["bandwidth"]
     if 1 in res["decode"]:
         frac = res["decode"][1]["ours_tok_s"] / bw["decode_bound_tok_s"]
@@ -599,6 +681,11 @@ def report(res: dict, S: dict) -> None:
           f"(512 MB dst.copy_(src), read+write) -> batch-1 decode bound {bw['decode_bound_tok_s']:.1f} tok/s; "
           f"parity: max |logit diff| {res['parity_max_abs_logit_diff']:.1e}")
     print()
+    print(f"fp32 torch.mm peak {comp['mm_peak_flop_s'] / 1e9:.1f} GFLOP/s at {res['threads']} threads (best median "
+          "of " + ", ".join(f"{k}: {v:.1f}" for k, v in comp["mm_gflop_s"].items()) + "); prefill FLOPs per token "
+          "(matrix products, see prefill_flops): " + ", ".join(
+              f"{n} tokens: {r['flops_per_token']['total'] / 1e6:.1f}M" for n, r in res["prefill"].items()))
+    print()
     head = ("metric", "ours", "transformers", "ratio (x better)", "target", "")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] + ["---:"] * 3 + ["---", "---"]) + "|")
@@ -612,7 +699,21 @@ def report(res: dict, S: dict) -> None:
                                       for b, r in d.items()) + ".")
     print("  transformers decodes with a greedy loop over its DynamicCache (one 1-token forward a step, "
           "logits_to_keep=1): the same work as our generate loop, without generate()'s per-step overhead.")
-    print("- prefill: one forward of the prompt into an empty cache, last-position logits only on both sides.")
+    print("- prefill: one forward of the prompt into an empty cache, last-position logits only on both sides. "
+          "The compute bound is the torch.mm peak over the prefill's FLOPs per token (matrix products only: "
+          "linear layers, causal attention, the SSD scan's chunk products, the head at the last position): "
+          "an upper bound on fp32 prefill tok/s on this machine.")
+    for n, r in res["prefill"].items():
+        bound, need = r["compute_bound_tok_s"], TARGETS["prefill"] * r["hf_tok_s"]
+        if need > bound:
+            print(f"- prefill {n}: {TARGETS['prefill']:g}x transformers ({need:,.0f} tok/s) EXCEEDS the fp32 compute "
+                  f"bound ({bound:,.0f} tok/s = {comp['mm_peak_flop_s'] / 1e9:.1f} GFLOP/s / "
+                  f"{r['flops_per_token']['total'] / 1e6:.1f} MFLOP per token) by {need / bound:.2f}x: transformers "
+                  f"already reaches {100 * r['hf_tok_s'] / bound:.0f}% of the bound, ours "
+                  f"{100 * r['ours_tok_s'] / bound:.0f}%; " + (
+                      "but the peak was measured while other processes used the CPUs (a low peak makes a low "
+                      "bound): rerun on a quiet machine before relying on this." if comp.get("contended") else
+                      "the target cannot be met on this CPU in fp32."))
     print(f"- question: ours forks a session that streamed the prefix in {STREAM_PIECE}-token pieces (not timed), "
           f"prefills the {QUESTION_LEN}-token question and takes the first token; transformers re-prefills "
           "prefix + question from scratch" + (
@@ -626,7 +727,7 @@ def report(res: dict, S: dict) -> None:
     print(f"- figures are medians of {S['repeats']} runs after a warmup ({max(S['repeats'], QUESTION_REPEATS)} for our "
           "questions, timed in turns over the prefixes; single runs for transformers prefills over 5 s); "
           f"runs during which other processes took over {100 * CONTENDED:.0f}% of the CPUs are discarded and retried.")
-    if any(r.get("contended") for r in [*res["prefill"].values(), *d.values(), *stream.values(), bw]):
+    if any(r.get("contended") for r in [*res["prefill"].values(), *d.values(), *stream.values(), bw, comp]):
         print("- † other processes were using the CPUs during this figure's runs even after retries: not reliable.")
     busy = {k: v for k, v in res.get("cpu_busy_while_idle", {}).items() if v is not None and v > 0.15}
     if busy:
