@@ -167,18 +167,18 @@ def _right(item):
 def check_against_timeline(item, tl: Timeline) -> bool:
     """Recompute the answer of the templates whose question names what to look up. True if checked."""
     q, right = item["question"], _right(item)
-    if m := re.fullmatch(r"How many times is (.+) (?:spoken|heard)\?", q):
+    if m := re.fullmatch(r"How many times is this (?:spoken|heard): (.+)\?", q):
         assert int(right) == sum(e.label == m.group(1) for e in tl.audio)
-    elif m := re.fullmatch(r"When is (.+) on screen\?", q):
+    elif m := re.fullmatch(r"When is this on screen: (.+)\?", q):
         [e] = [e for e in tl.visual if e.label == m.group(1)]
         assert [(s.start_s, s.end_s) for s in find_time_spans(right)] == [(e.t0, e.t1)]
-    elif m := re.fullmatch(r"What is heard right after (.+)\?", q):
+    elif m := re.fullmatch(r"What is heard right after this: (.+)\?", q):
         audio = tl.audio
         [k] = [k for k, e in enumerate(audio) if e.label == m.group(1)]
         assert right == audio[k + 1].label
     elif q.startswith("At one moment a word flashes"):
         assert right == [e.word for e in tl.visual if e.kind == "flash"][0]
-    elif m := re.fullmatch(r"What is on screen when (.+) is spoken\?", q):
+    elif m := re.fullmatch(r"What is on screen when this is spoken: (.+)\?", q):
         [w] = [e for e in tl.audio if e.label == m.group(1)]
         assert [o.label for o in tl.visual if o.t0 < w.t1 and w.t0 < o.t1] == [right]
     elif m := re.fullmatch(r"In what order do these first appear on screen: (.+)\?", q):

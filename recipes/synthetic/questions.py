@@ -8,6 +8,11 @@ app/evaluate.py reads a predicted span, so a right trace grounds with IoU 1. The
 position is drawn uniformly, so each letter is right equally often.
 
 `reasoning` is app.timestamps.format_reasoning(steps, "(X) option text").
+
+A question names what it asks about last (`When is this spoken: the word "bird"?`): the answer's
+first span number is then a fixed run of tokens (`?` and the chat template) after the subject,
+which a small decoder learns to carry. Asked `When is the word "bird" spoken?`, the default
+model's decoder never keyed its answer on the subject (recipes/train/FINDINGS.md).
 """
 
 from __future__ import annotations
@@ -102,9 +107,9 @@ def when_pool(tl: Timeline, modality: str) -> list[Event]:
 
 
 def when_question(e: Event) -> tuple[str, tuple[float, float, str], str]:
-    """(question, reasoning step, right answer's text) of "When is <e> on screen / spoken / heard?"."""
+    """(question, reasoning step, right answer's text) of "When is this on screen / spoken / heard: <e>?"."""
     how = "on screen" if e.modality == "visual" else "spoken" if e.kind == "speech" else "heard"
-    return f"When is {e.label} {how}?", (e.t0, e.t1, f"{_cap(e.label)} is {how}."), _span_text(e.t0, e.t1)
+    return f"When is this {how}: {e.label}?", (e.t0, e.t1, f"{_cap(e.label)} is {how}."), _span_text(e.t0, e.t1)
 
 
 def q_when_visual(tl, rng, ctx):
@@ -138,7 +143,7 @@ def q_count_audio(tl, rng, ctx):
     verb = "spoken" if hits[0].kind == "speech" else "heard"
     steps = [(e.t0, e.t1, f"{_cap(label)} is {verb}, {k} so far.") for k, e in enumerate(hits, 1)]
     opts = _count_options(rng, len(hits))
-    return opts and (f"How many times is {label} {verb}?", opts, ["counting"], steps)
+    return opts and (f"How many times is this {verb}: {label}?", opts, ["counting"], steps)
 
 
 def q_count_visual(tl, rng, ctx):
@@ -147,13 +152,13 @@ def q_count_visual(tl, rng, ctx):
         return None
     if rng.random() < 0.5:
         colour = sorted({e.colour for e in objects})[int(rng.integers(len({e.colour for e in objects})))]
-        hits, question = [e for e in objects if e.colour == colour], f"How many {colour} things appear on screen?"
+        hits, question = [e for e in objects if e.colour == colour], f"How many things appear on screen in this colour: {colour}?"
     else:
         shapes = sorted({e.shape for e in objects if e.shape})
         if not shapes:
             return None
         shape = shapes[int(rng.integers(len(shapes)))]
-        hits, question = [e for e in objects if e.shape == shape], f"How many {shape}s appear on screen?"
+        hits, question = [e for e in objects if e.shape == shape], f"How many of these appear on screen: {shape}s?"
     steps = [(e.t0, e.t1, f"{_cap(e.label)} appears, {k} so far.") for k, e in enumerate(hits, 1)]
     opts = _count_options(rng, len(hits))
     return opts and (question, opts, ["counting"], steps)
@@ -187,7 +192,7 @@ def q_after_audio(tl, rng, ctx):
     i = pool[int(rng.integers(len(pool)))]
     a, b = audio[i], audio[i + 1]
     opts = _options(rng, b.label, [[e.label for e in audio], _audio_labels(ctx["words"])])
-    return opts and (f"What is heard right after {a.label}?", opts, ["sequential reasoning"],
+    return opts and (f"What is heard right after this: {a.label}?", opts, ["sequential reasoning"],
                      [(a.t0, a.t1, f"{_cap(a.label)} is heard."), (b.t0, b.t1, f"Next, {b.label} is heard.")])
 
 
@@ -213,7 +218,7 @@ def q_on_screen_when_said(tl, rng, ctx):
         return None
     w, o = pool[int(rng.integers(len(pool)))]
     opts = _options(rng, o.label, [[e.label for e in objects], ctx["catalogue"]])
-    return opts and (f"What is on screen when {w.label} is spoken?", opts, ["audio-visual stitching"],
+    return opts and (f"What is on screen when this is spoken: {w.label}?", opts, ["audio-visual stitching"],
                      [(w.t0, w.t1, f"{_cap(w.label)} is spoken."),
                       (o.t0, o.t1, f"{_cap(o.label)} is on screen at that moment.")])
 
@@ -229,7 +234,7 @@ def q_said_while_on_screen(tl, rng, ctx):
         return None
     o, w = pool[int(rng.integers(len(pool)))]
     opts = _options(rng, w.word, [[e.word for e in speech], ctx["words"]])
-    return opts and (f"Which word is spoken while {o.label} is on screen?", opts, ["audio-visual stitching"],
+    return opts and (f"Which word is spoken while this is on screen: {o.label}?", opts, ["audio-visual stitching"],
                      [(o.t0, o.t1, f"{_cap(o.label)} is on screen."),
                       (w.t0, w.t1, f'Meanwhile the word "{w.word}" is spoken.')])
 
