@@ -2,7 +2,7 @@
 # make test   install requirements-test.txt into .venv, run the tests
 # make bench  install requirements-test.txt into .venv (transformers is the peer), run the benchmarks
 # make train-default  retrain the bundled default model from seed 0 on the CPU (recipes/train; training and
-#             held-out evaluation about 75 min on 2 cores, plus generating the clips the first time): data in
+#             held-out evaluation about 95 min on 2 cores, plus generating the clips the first time): data in
 #             .cache/train-data, weights, log, curves and metrics in assets/default-model
 #
 # .venv is created with `python3 -m venv` when missing.  A stamp file per requirement set records

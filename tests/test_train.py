@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from app.engine_loop import question_tail, stream_header
 from app.evaluate import media_chunks, parse_item, question_prompt
@@ -245,7 +246,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
                       evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)), vision_steps=2,
-                      vision_clips=1)
+                      vision_clips=1, text_steps=2, text_timelines=1, text_held_out=1)
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -264,6 +265,9 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     vision = [json.loads(line) for line in (a / "vision_log.jsonl").read_text().splitlines()]   # the ViT first
     assert [r["step"] for r in vision] == [1, 2] and m["training"]["phases"][0]["phase"] == "vision"
     assert [s["steps"] for s in m["training"]["phases"][1]["stages"]] == [3, 2]
+    text = [json.loads(line) for line in (a / "text_log.jsonl").read_text().splitlines()]    # then lookups on text
+    assert [r["step"] for r in text] == [0, 2] and m["training"]["phases"][2]["phase"] == "text"
+    assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
@@ -271,6 +275,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert "Before the clips, associative recall" in card and "2 pairs for 3 steps" in card
     assert "First, the ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
+    assert "Then the lookup on text (`recipes/train/textqa.py`): 2 steps" in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()
     refresh_card(a)                                        # from the log and metrics alone
@@ -407,7 +412,7 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
 
 
 def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):
-    """One "When is X ...?" row per event whose label no other event of its modality shares (flashes
+    """One "When is this ...: X?" row per event whose label no other event of its modality shares (flashes
     aside), worded as the generator's when-questions, answered with the event's own span; the loss
     counts them."""
     from recipes.train.data import lookup_rows
@@ -420,7 +425,7 @@ def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):
     unique = [e for group in (objects, sounds) for e in group if sum(o["label"] == e["label"] for o in group) == 1]
     assert len(rows) == len(unique) > 0 and len({k for k, _, _ in rows}) == len(rows)
     for (key, question, target), e in zip(rows, unique):
-        assert question.startswith(f"When is {e['label']} ") and question.endswith("?")
+        assert question.startswith("When is this ") and question.endswith(f": {e['label']}?")
         spans = find_time_spans(target)
         assert [(s.start_s, s.end_s) for s in spans] == [(e["t0"], e["t1"])] * 2      # the step and the answer
     asked = [it for it in items if it["question"].startswith("When is ")]
@@ -485,3 +490,83 @@ def test_vision_pretraining_labels_each_object_by_the_tokens_it_covers():
         opt.step()
     with torch.no_grad():
         assert float(heads.loss(vision, patches, grid, objects)[0]) < first - 0.5
+
+
+def test_text_questions_lay_out_a_clips_chunks_with_their_gold_captions(data):
+    """The text layout (recipes/train/textqa.py) is a session's: the same chunks in the same order
+    as a clip read from its file, with the same labels, each chunk's label, its empty media brackets,
+    then its gold caption."""
+    from recipes.train.textqa import caption_context, chunk_layout
+
+    folder, items, clips, tok, _ = data
+    for clip in clips:
+        laid = chunk_layout(clip.timeline)
+        assert [(c["modality"], c["seq"], c["label"]) for c in laid] == [(m["modality"], m["seq"], m["label"])
+                                                                          for m in clip.meta]
+        text = caption_context(clip.timeline)
+        assert text.startswith(stream_header())
+        at = len(stream_header())
+        for c in laid:
+            caption = chunk_caption(clip.timeline, c)
+            at = text.index(c["label"], at)
+            assert text[at + len(c["label"]):].startswith("\n".join(["<img></img>" if c["modality"] == "video"
+                                                                    else "<so_start><so_end>", caption]))
+        assert text.endswith(chunk_caption(clip.timeline, laid[-1]))
+
+
+def test_text_question_targets_score_full_marks_and_the_loss_reads_the_context(data):
+    """Each row's target, answered as written, is scored right by `python -m app eval`'s scorer
+    (so the rows and the scorer agree on the answer's form); and the rows' loss is the cross-entropy
+    of the targets after the caption context: another timeline's context changes it."""
+    import numpy as np
+
+    from app.evaluate import score
+    from recipes.train.data import lookup_rows
+    from recipes.train.textqa import TimelineDraw, caption_context, text_loss, text_rows
+
+    _, _, _, tok, _ = data
+    draw = TimelineDraw()
+    rng = np.random.default_rng(3)
+    (tl, its), (other, _) = draw(rng, 20.0, 30.0, "a"), draw(rng, 20.0, 30.0, "b")
+    rows = text_rows(tok, its, lookup_rows(tl))
+    answers = ["<think>\n" + tok.decode(t[:-1]) for _, t in rows[:len(its)]]
+    m = score([parse_item(it, "test") for it in its], answers)
+    assert m["accuracy"] == 1.0 and m["no_choice"] == 0 and m["r1_iou_0.5"] == 1.0
+    assert all(tok.decode(p).endswith("<think>\n") for p, _ in rows)
+    _, decoder, _, _ = new_model(0, VOCAB_SIZE)
+    with torch.no_grad():
+        own, swapped = text_loss(decoder, tok, tl, rows), text_loss(decoder, tok, other, rows)
+        ids = tok.encode(caption_context(tl))
+        p, t = rows[0]
+        seq = torch.tensor([ids + p + t])
+        logits = decoder.lm_head(decoder_forward(decoder, decoder.new_state(), input_ids=seq, logits="none").hidden[0])
+        first = F.cross_entropy(logits[len(ids) + len(p) - 1:-1].float(), seq[0, len(ids) + len(p):])
+        alone = text_loss(decoder, tok, tl, rows[:1])
+    assert torch.isclose(alone, first, rtol=1e-4)
+    assert not torch.isclose(own, swapped, rtol=1e-6)
+
+
+def test_text_questions_command_trains_and_logs_held_out_accuracy(data, tmp_path):
+    """`python -m recipes.train text-questions --model DIR` continues a checkpoint's decoder on fresh
+    timelines: an evaluation line at step 0 and at the end, with the scorer's figures over every
+    held-out question, and the decoder's weights written."""
+    _, _, _, _, tok_dir = data
+    raw, decoder, vision, audio = new_model(0, VOCAB_SIZE)
+    ckpt = tmp_path / "model"
+    save_omni(ckpt, raw, decoder, vision, audio)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (ckpt / name).write_bytes((tok_dir / name).read_bytes())
+    out = subprocess.run([sys.executable, "-m", "recipes.train", "text-questions", "--out", str(tmp_path / "t"),
+                          "--model", str(ckpt), "--steps", "2", "--every", "2", "--timelines", "1", "--held-out", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "t" / "text_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]
+    assert rows[0]["loss"] is None and math.isfinite(rows[1]["loss"])
+    assert rows[0]["n"] == rows[1]["n"] > 3 and 0.0 <= rows[1]["accuracy"] <= 1.0
+    assert (tmp_path / "t" / "decoder.safetensors").is_file()
+    assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 2
+    bad = subprocess.run([sys.executable, "-m", "recipes.train", "text-questions", "--out", str(tmp_path / "u"),
+                          "--model", str(ckpt), "--pattern", "M*"], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert bad.returncode == 2 and "--pattern builds a fresh decoder" in bad.stderr

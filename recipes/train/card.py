@@ -83,6 +83,11 @@ def model_card(metrics: dict) -> str:
           + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
              f"{cfg['recall_mix_weight']}), so the skill is kept." if cfg.get("recall_mix_rows") else "")
           for ph in t.get("phases", []) if ph["phase"] == 0],
+        *[f"- Then the lookup on text (`recipes/train/textqa.py`): {ph['steps']} steps on fresh timelines laid out as "
+          "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows, "
+          f"{ph['seconds'] / 60:.1f} min; on held-out timelines, \"When\" questions answered with the exact span: "
+          f"{_pct(ph['evals'][0]['when_exact'])} before, {_pct(ph['evals'][-1]['when_exact'])} after."
+          for ph in t.get("phases", []) if ph["phase"] == "text"],
         f"- {t['steps_run']} steps of one clip each (its media prefix read once, its questions batched after it), "
         f"AdamW, lr {cfg['lr']} with warm-up and cosine decay, {t['tokens']:,} tokens read, "
         f"{t['target_tokens']:,} target tokens.",

@@ -146,6 +146,17 @@ class TrainConfig:
     # in the next (another vocabulary size, so other random draws).
     recall_until: float = 0.9
     recall_lr: float = 3e-3
+    # then the lookup on text (textqa.py): fresh timelines laid out as sessions with their gold captions,
+    # "When is this on screen: X?" rows (the subject last), no media. From the recall phase's decoder,
+    # 1,500 such steps took held-out lookups from 0 to 45 of 48 exact (the subject first: 1 of 48 at
+    # step 750), and the questions' "When" spans with them (21 of 24); the clips' own lookups had
+    # reached 8 of 47 on unseen clips. 0 skips it.
+    text_steps: int = 1500
+    text_lr: float = 3e-3
+    text_timelines: int = 2             # fresh timelines a step (20-60 s), each with its lookup rows
+    text_lookups: int = 24
+    text_questions: int = 0             # questions a timeline adds (0: lookups alone)
+    text_held_out: int = 12             # held-out timelines scored before and after (about 11 questions each)
     # recall rows (of the last stage's pairs) added to every clip step, so the clips do not wash the
     # skill out: with none mixed in (runs/2026-11-30-seed0-recall-phase) the decoder was back at
     # chance on recall after the clips.

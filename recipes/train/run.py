@@ -253,6 +253,12 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                                progress, until=cfg.recall_until, gap_ids=chat_gap(tok))
         phases.append({"phase": 0, "task": "associative recall", "stages": stages,
                        "seconds": round(time.perf_counter() - t_recall, 1)})
+    if phase1_from is None and cfg.text_steps:
+        from .textqa import train_text
+        got = train_text(decoder, tok, cfg.text_steps, cfg.text_lr, cfg.seed, out / "text_log.jsonl",
+                         timelines=cfg.text_timelines, questions=cfg.text_questions, lookups=cfg.text_lookups,
+                         held_out=cfg.text_held_out, every=cfg.text_steps, progress=progress)
+        phases.append({"phase": "text", "task": "lookups on gold captions of fresh timelines", **got})
     if phase1_from is None:
         summary = train(trainer, clips, cfg, log_path, val_clips, val_every=max(1, cfg.steps // 10),
                         progress=progress, snapshot=snapshot)
@@ -389,6 +395,18 @@ def main(argv=None) -> int:
     rc.add_argument("--lr", type=float, default=3e-3)
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--log", type=Path, default=Path(".cache/recall.jsonl"), help="one JSON line a step")
+    tq = sub.add_parser("text-questions", help="the decoder on gold captions of fresh timelines: the questions "
+                                                "with perception taken out and nothing to memorize")
+    tq.add_argument("--out", type=Path, required=True, help="folder for the log (text_log.jsonl), tokenizer and decoder")
+    tq.add_argument("--model", type=Path, default=None,
+                    help="start from this checkpoint's decoder (default: the seeded decoder after the recall phase)")
+    tq.add_argument("--pattern", default=None, help="a fresh decoder of this hybrid_override_pattern (no --model)")
+    tq.add_argument("--steps", type=int, default=1500)
+    tq.add_argument("--lr", type=float, default=1e-3)
+    tq.add_argument("--every", type=int, default=250, help="steps between held-out evaluations")
+    tq.add_argument("--timelines", type=int, default=2, help="fresh timelines a step")
+    tq.add_argument("--held-out", type=int, default=12, help="held-out timelines (about 11 questions each)")
+    tq.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=7)
@@ -423,6 +441,13 @@ def main(argv=None) -> int:
             torch.set_num_threads(TrainConfig.threads)
             args.log.parent.mkdir(parents=True, exist_ok=True)
             print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps, gaps)), args.lr, args.seed, args.log)))
+            return 0
+        if args.command == "text-questions":
+            from .textqa import text_probe
+            torch.set_num_threads(TrainConfig.threads)
+            got = text_probe(args.out, args.model, args.seed, args.pattern, steps=args.steps, lr=args.lr, every=args.every,
+                             timelines=args.timelines, held_out=args.held_out)
+            print(json.dumps(got))
             return 0
         if args.command == "demo":
             print(f"wrote {make_demo(args.out, args.seed)}")
