@@ -317,7 +317,7 @@ def test_projector_learning_rate_scale(data, tmp_path):
     the conformer is frozen."""
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
-                      val_clips=1, projector_lr_scale=0.0, recall_stages=())
+                      val_clips=1, projector_lr_scale=0.0, recall_stages=(), vision_steps=0, text_steps=0)
     run(tmp_path / "m", cfg, folder / "run", evaluate=False, progress=False)
     raw, decoder, vision, audio = new_model(5, VOCAB_SIZE)
     from safetensors.torch import load_file
