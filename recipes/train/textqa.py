@@ -126,7 +126,7 @@ def text_accuracy(decoder, tok, sets: list[tuple[dict, list[dict]]], max_new_tok
         stream = Session(decoder)
         stream.prefill(tok.encode(caption_context(timeline)))
         for it in items:
-            (prompt, target), = [(p, t) for p, t in text_rows(tok, [it], [])]
+            [(prompt, target)] = text_rows(tok, [it], [])
             session = stream.fork()
             session.prefill(prompt)
             out = tok.decode([t for t in generate(session, params) if t != end])
