@@ -363,22 +363,31 @@ def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AU
 
 def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
     """Greedy answers to `questions` about one clip: the clip is prefilled once (a narrating model
-    captions each chunk as it goes, OmniModel.read_chunk), each question is answered from a fork
-    of that session (decoded together, engine.generate.BatchDecoder)."""
+    captions each chunk as it goes, OmniModel.read_chunk), then `answer_from` that session."""
     import torch
 
-    from app.engine_loop import question_tail, stream_header
-    from engine.generate import BatchDecoder, SamplingParams, Session
-    tok, decoder = omni.tokenizer, omni.decoder
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tuple(tok.eos_ids))
+    from app.engine_loop import stream_header
+    from engine.generate import Session
     with torch.inference_mode():
-        session = Session(decoder)
-        session.prefill(tok.encode(stream_header()))
+        session = Session(omni.decoder)
+        session.prefill(omni.tokenizer.encode(stream_header()))
         for c in chunks:
             omni.read_chunk(session, c)
-        answers: list[str] = []
+        return answer_from(session, omni.tokenizer, questions, max_new_tokens=max_new_tokens, batch=batch)
+
+
+def answer_from(session, tok, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
+    """Greedy answers to `questions` about what `session` has read: each from a fork of it (the
+    question, the assistant header), `batch` forks decoded together (engine.generate.BatchDecoder)."""
+    import torch
+
+    from app.engine_loop import question_tail
+    from engine.generate import BatchDecoder, SamplingParams
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tuple(tok.eos_ids))
+    answers: list[str] = []
+    with torch.inference_mode():
         for first in range(0, len(questions), batch):
-            group = BatchDecoder(decoder)
+            group = BatchDecoder(session.model)
             out: dict[int, list[int]] = {}
             for q in questions[first:first + batch]:
                 fork = session.fork()

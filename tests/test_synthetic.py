@@ -208,7 +208,7 @@ def test_answers_agree_with_the_timeline(dataset):
 def test_many_clips_cover_the_skills_with_uniform_letters():
     """Questions only (no media), for 120 timelines of 20 s to 3 min."""
     bank = load_wordbank()
-    seconds = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
+    seconds = bank.word_seconds
     letters, skills, checked = Counter(), Counter(), 0
     for k in range(120):
         rng = np.random.default_rng([99, k])

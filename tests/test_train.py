@@ -471,7 +471,7 @@ def test_vision_pretraining_labels_each_object_by_the_tokens_it_covers():
     assert cover[0].reshape(4, 5)[0, 0] > 0.2 and cover[0].reshape(4, 5)[2:, :].sum() == 0     # top left
     assert cover[1].reshape(4, 5)[3, 3] > 0 and cover[1].reshape(4, 5)[:2, :].sum() == 0        # bottom row
     _, decoder, vision, _ = new_model(0, VOCAB_SIZE)
-    words_s = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
+    words_s = bank.word_seconds
     patches, grid, objects = tubelet_batch(np.random.default_rng(0), vision.cfg, bank.categories, words_s, colours,
                                            things, clips=1, seconds=(12.0, 12.0))
     assert patches.shape == (6, grid[0] * grid[1], 2 * 3 * 16 * 16) and objects

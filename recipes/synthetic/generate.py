@@ -45,8 +45,7 @@ def generate_clip(out: Path, seed: int, index: int, min_seconds: float, max_seco
     cid = clip_id(seed, index)
     duration = round(float(np.random.default_rng([seed, index, 0]).uniform(min_seconds, max_seconds)), 1)
     words = bank.categories
-    word_seconds = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
-    timeline = sample_timeline(cid, duration, np.random.default_rng([seed, index, 1]), words, word_seconds)
+    timeline = sample_timeline(cid, duration, np.random.default_rng([seed, index, 1]), words, bank.word_seconds)
     audio = mix_audio(timeline, bank, np.random.default_rng([seed, index, 2]))
     video = f"clips/{cid}.mp4"
     write_clip(out / video, timeline, audio)

@@ -36,6 +36,11 @@ class WordBank:
     def words(self) -> list[str]:
         return list(self.files)
 
+    @property
+    def word_seconds(self) -> dict[str, float]:
+        """Each word's spoken length in seconds (the timeline sampler places words by it)."""
+        return {w: len(self.audio(w)) / self.sample_rate for w in self.words}
+
     def audio(self, word: str) -> np.ndarray:
         if word not in self._audio:
             path = self.files[word]

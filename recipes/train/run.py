@@ -125,8 +125,8 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     media and, after every chunk, the chunk's gold caption in place of the model's own; then each
     question is answered greedily (reasoning and answer) and scored as `python -m app eval`
     scores it. Against the held-out accuracy, this splits a miss between seeing and looking up."""
-    from app.evaluate import parse_item, score
-    from engine.generate import SamplingParams, Session, generate
+    from app.evaluate import answer_from, parse_item, score
+    from engine.generate import Session
     from engine.tokenizer import Tokenizer
 
     from .model import new_model
@@ -138,7 +138,6 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     load_trained(model_dir, decoder, vision, audio)
     tok = Tokenizer.from_dir(model_dir)
     trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
-    params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=(tok.token_id("<|im_end|>"),))
     items = [it for f in sorted((folder / "items").glob("*.json")) for it in json.loads(f.read_text())]
     asked, answers = [], []
     with torch.inference_mode():
@@ -146,11 +145,10 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
             embeds, _, _ = trainer.prefix(clip, captioned=set(range(len(clip.meta))))
             stream = Session(decoder)
             stream.prefill(embeds=embeds)
-            for it in clip.items[:questions_per_clip]:
-                session = stream.fork()
-                session.prefill(trainer.rows(clip, [it])[0][0])
-                asked.append(parse_item(it, "gold-caption item"))
-                answers.append("<think>\n" + tok.decode([t for t in generate(session, params) if t not in params.stop_ids]))
+            group = [parse_item(it, "gold-caption item") for it in clip.items[:questions_per_clip]]
+            asked += group
+            answers += ["<think>\n" + a for a in answer_from(stream, tok, [question_prompt(it) for it in group],
+                                                              max_new_tokens=max_new_tokens)]
     return score(asked, answers)
 
 

@@ -72,7 +72,7 @@ class TimelineDraw:
 
         bank = load_wordbank()
         self.words = bank.categories
-        self.word_seconds = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
+        self.word_seconds = bank.word_seconds
 
     def __call__(self, rng: np.random.Generator, lo: float, hi: float, name: str) -> tuple[dict, list[dict]]:
         from recipes.synthetic.questions import make_questions
@@ -91,50 +91,42 @@ def text_rows(tok, items: list[dict], lookups: list[tuple[str, str, str]]) -> li
 
 def text_loss(decoder, tok, timeline: dict, rows) -> torch.Tensor:
     """Mean cross-entropy of the rows' targets, each row continuing the timeline's caption context."""
-    from .train import Batch, decoder_forward, expand_state
+    from .train import Batch, continue_rows, decoder_forward, length_groups
 
     ids = torch.tensor([tok.encode(caption_context(timeline))])
     state = decoder.new_state()
     decoder_forward(decoder, state, inputs_embeds=decoder.embed(ids), logits="none")
-    rows = sorted(rows, key=lambda r: len(r[0]) + len(r[1]))
-    half = len(rows) // 2 if len(rows) >= 8 else 0          # two batches by length: less padding
     nll, n = 0.0, 0
-    for group in (rows[:half], rows[half:]):
-        if group:
-            b = Batch(group)
-            out = decoder_forward(decoder, expand_state(state, *b.ids.shape), inputs_embeds=decoder.embed(b.ids),
-                                  logits="none")
-            where = b.target != -100
-            nll = nll + F.cross_entropy(decoder.lm_head(out.hidden[where]).float(), b.target[where], reduction="sum")
-            n += b.num_targets
+    for group in length_groups(rows):
+        b = Batch(group)
+        where = b.target != -100
+        hidden = continue_rows(decoder, state, b)[where]
+        nll = nll + F.cross_entropy(decoder.lm_head(hidden).float(), b.target[where], reduction="sum")
+        n += b.num_targets
     return nll / n
 
 
 @torch.inference_mode()
 def text_accuracy(decoder, tok, sets: list[tuple[dict, list[dict]]], max_new_tokens: int = 192) -> dict:
-    """Greedy answers to every question of each (timeline, items), scored as `python -m app eval`
-    scores them (app.evaluate.score), and the share of "When is X?" answers whose first step is the
-    target's exactly."""
-    from app.evaluate import parse_item, score
-    from engine.generate import SamplingParams, Session, generate
+    """Greedy answers to every question of each (timeline, items) (app.evaluate.answer_from, from the
+    timeline's caption context), scored as `python -m app eval` scores them (app.evaluate.score),
+    and the share of "When is X?" answers whose first step is the target's exactly."""
+    from app.evaluate import answer_from, parse_item, score
+    from engine.generate import Session
 
-    end = tok.token_id("<|im_end|>")
-    params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=(end,))
-    asked, answers, when, when_exact = [], [], 0, 0
     decoder.eval()
+    asked, answers, when, when_exact = [], [], 0, 0
     for timeline, items in sets:
         stream = Session(decoder)
         stream.prefill(tok.encode(caption_context(timeline)))
-        for it in items:
-            [(prompt, target)] = text_rows(tok, [it], [])
-            session = stream.fork()
-            session.prefill(prompt)
-            out = tok.decode([t for t in generate(session, params) if t != end])
+        pairs = [prompt_and_target(it, "text") for it in items]
+        for it, (_, target), out in zip(items, pairs, answer_from(stream, tok, [q for q, _ in pairs],
+                                                                   max_new_tokens=max_new_tokens)):
             asked.append(parse_item(it, "text-questions item"))
             answers.append("<think>\n" + out)
             if it["question"].startswith("When is"):
                 when += 1
-                when_exact += out.split("\n")[0] == tok.decode(target).split("\n")[0]
+                when_exact += out.split("\n")[0] == target.split("\n")[0]
     m = score(asked, answers)
     return {**m, "when_exact": round(when_exact / max(1, when), 4), "when_n": when}
 

@@ -123,6 +123,20 @@ class Batch:
         return int((self.target != -100).sum())
 
 
+def length_groups(rows: list) -> list[list]:
+    """Suffix rows in one batch, or in two by length when there are 8 or more: less padding."""
+    rows = sorted(rows, key=lambda r: len(r[0]) + len(r[1]))
+    half = len(rows) // 2 if len(rows) >= 8 else 0
+    return [g for g in (rows[:half], rows[half:]) if g]
+
+
+def continue_rows(decoder, state: State, batch: Batch) -> torch.Tensor:
+    """Hidden states (rows, width, D) of a Batch of suffixes, each continuing the one-row `state`
+    (gradients reach the prefix)."""
+    st = expand_state(state, batch.ids.shape[0], batch.ids.shape[1])
+    return decoder_forward(decoder, st, inputs_embeds=decoder.embed(batch.ids), logits="none").hidden
+
+
 class Trainer:
     """Decoder + projectors + tokenizer, and the loss of a clip."""
 
@@ -190,26 +204,20 @@ class Trainer:
             caption_nll = F.cross_entropy(self.decoder.lm_head(hidden[cap]).float(), nxt[cap], reduction="sum")
             stats["caption_tokens"] = int(cap.sum())
             stats["caption_loss"] = float(caption_nll.detach()) / max(1, stats["caption_tokens"])
-        parts = []
-        rows = sorted(self.rows(clip, items), key=lambda r: len(r[0]) + len(r[1]))
-        half = len(rows) // 2 if len(rows) >= 8 else 0          # two batches by length: less padding
-        for group in (rows[:half], rows[half:]):
-            if group:
-                parts.append(("qa", Batch(group), 1.0))
+        parts = [("qa", Batch(group), 1.0) for group in length_groups(self.rows(clip, items))]
         if lookups:
             parts.append(("lookup", Batch([self.suffix(*row) for row in lookups]), 1.0))
         if timeline:
             parts.append(("timeline", Batch([self.timeline_row(clip)]), TIMELINE_WEIGHT))
         total, weight = caption_weight * caption_nll, 0.0
         for name, batch, w in parts:
-            st = expand_state(state, batch.ids.shape[0], batch.ids.shape[1])
-            out = decoder_forward(self.decoder, st, inputs_embeds=self.decoder.embed(batch.ids), logits="none")
+            suffix = continue_rows(self.decoder, state, batch)
             where = batch.target != -100
-            logits = self.decoder.lm_head(out.hidden[where]).float()
+            logits = self.decoder.lm_head(suffix[where]).float()
             nll = F.cross_entropy(logits, batch.target[where], reduction="sum")
             if context_weight:
                 ctx = batch.context != -100
-                context_nll = context_nll + F.cross_entropy(self.decoder.lm_head(out.hidden[ctx]).float(),
+                context_nll = context_nll + F.cross_entropy(self.decoder.lm_head(suffix[ctx]).float(),
                                                             batch.context[ctx], reduction="sum")
                 context_n += int(ctx.sum())
             n = batch.num_targets

@@ -136,7 +136,7 @@ def pretrain_vision(vision, steps: int, seed: int, lr: float = 1e-3, clips: int 
 
     bank = load_wordbank()
     words = bank.categories
-    word_seconds = {w: len(bank.audio(w)) / bank.sample_rate for w in bank.words}
+    word_seconds = bank.word_seconds
     colours, things = label_names(words)
     torch.manual_seed(seed)
     heads = VisionHeads(vision, colours, things)
