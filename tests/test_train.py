@@ -4,6 +4,7 @@ The fixtures are a few 20 s synthetic clips (made once per session) and the defa
 architecture at its seeded initialization; step counts are tiny.
 """
 
+import io
 import json
 import math
 import subprocess
@@ -22,7 +23,7 @@ from fusion.omni import OmniModel
 from recipes.train.config import VOCAB_SIZE, WHOLE_NUMBERS, TrainConfig
 from recipes.train.data import chunk_caption, corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
 from recipes.train.model import new_model, save_omni
-from recipes.train.run import _clips, gold_caption_accuracy, refresh_card, run
+from recipes.train.run import _clips, gold_caption_accuracy, narration_accuracy, refresh_card, run
 from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
 
 
@@ -286,6 +287,11 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     # answers with the gold captions in context; 4 tokens cannot close the reasoning, so none is scored
     gold = gold_caption_accuracy(a, folder / "run" / "val", questions_per_clip=2, max_new_tokens=4)
     assert gold["n"] == 2 and gold["accuracy"] == 0.0 and sum(gold["per_skill"].values()) == 0.0
+    shown = io.StringIO()                     # its own captions of every chunk, beside the gold ones
+    narrated = narration_accuracy(a, folder / "run" / "val", show=shown)
+    lines = shown.getvalue().splitlines()
+    assert len(lines) == 3 * sum(n["chunks"] for n in narrated.values()) and narrated["video"]["chunks"] > 0
+    assert [line[:7] for line in lines[1:3]] == ["  gold ", "  own  "] and lines[1].endswith(")")
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     # phase 2 alone, from phase 1's snapshot and log, ends on the same weights as the whole run

@@ -78,12 +78,13 @@ def caption_things(caption: str, modality: str) -> set[str]:
     return set() if body == "nothing" else {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in body.split("; ")}
 
 
-def narration_accuracy(model_dir: Path, folder: Path) -> dict:
+def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
     """How well a narrating model captions the chunks of the clips in `folder` (clips/*.mp4 with
     their timelines/*.json), read as `python -m app eval` reads them (EVS off): per modality, the
     share of chunks whose caption is exactly the timeline's, and of the things the captions name,
     the share that are there (precision) and of the things there, the share named (recall). A
-    thing is compared by its name (its time span left out); `exact` compares the whole caption."""
+    thing is compared by its name (its time span left out); `exact` compares the whole caption.
+    `show` (a text stream) gets every chunk's gold and own caption, one line each."""
     import torch
 
     from app.engine_loop import stream_header
@@ -106,6 +107,8 @@ def narration_accuracy(model_dir: Path, folder: Path) -> dict:
             for c in media_chunks(omni, mp4, evs_rate=0.0):
                 said = omni.read_chunk(session, c)[1]
                 gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1})
+                if show is not None:
+                    show.write(f"{mp4.stem} {c.modality} {c.t0:.1f}-{c.t1:.1f}\n  gold {gold.strip()}\n  own  {said.strip()}\n")
                 n = counts.setdefault(c.modality, dict.fromkeys(("chunks", "exact", "named", "named_right", "there"), 0))
                 n["chunks"] += 1
                 n["exact"] += said == gold
@@ -379,6 +382,7 @@ def main(argv=None) -> int:
     n.add_argument("--data", type=Path, required=True, help="a folder with clips/*.mp4 and timelines/*.json")
     n.add_argument("--into-metrics", action="store_true",
                    help="also record the result as eval.narration in the model folder's metrics.json")
+    n.add_argument("--show", action="store_true", help="also print every chunk's gold caption and the model's own")
     g = sub.add_parser("gold-captions", help="accuracy with the gold captions in context: perception taken out")
     g.add_argument("--model", type=Path, required=True)
     g.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/val"),
@@ -418,7 +422,7 @@ def main(argv=None) -> int:
             print(f"wrote {refresh_card(args.out)}")
             return 0
         if args.command == "narration":
-            got = narration_accuracy(args.model, args.data)
+            got = narration_accuracy(args.model, args.data, sys.stdout if args.show else None)
             print(json.dumps(got, indent=1))
             if args.into_metrics:
                 path = args.model / "metrics.json"
