@@ -194,6 +194,33 @@ def test_shared_prefix_batch_equals_separate_sequences(data):
         torch.testing.assert_close(grads[1][1][name], grads[0][1][name], atol=2e-4, rtol=2e-3, msg=name)
 
 
+def test_chunk_captions_are_read_after_their_chunk_alone(data):
+    """The single-chunk caption loss is each chunk's caption after the stream header and that chunk
+    alone, as if each row ran on its own: the batch's padding changes nothing."""
+    import random
+
+    from fusion.stream import chunk_input
+
+    folder, items, clips, tok, _ = data
+    torch.manual_seed(0)
+    raw, decoder, vision, audio = new_model(1, VOCAB_SIZE)
+    trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
+    clip = clips[0]
+    with torch.no_grad():
+        loss, n = trainer.chunk_caption_loss([clip], len(clip.meta), random.Random(0))
+        chunks = clip.chunks(vision(clip.video.float(), clip.grid, video=True), audio.projection(clip.audio))
+        header = decoder.embed(torch.tensor([tok.encode(stream_header())]))[0]
+        total, count = 0.0, 0
+        for k, c in enumerate(chunks):
+            cap = torch.tensor(tok.encode(chunk_caption(clip.timeline, clip.meta[k])))
+            x = torch.cat([header, chunk_input(c, tok, decoder.embed, trainer.placeholder[c.modality]), decoder.embed(cap[None])[0]])
+            logits = decoder_forward(decoder, decoder.new_state(), inputs_embeds=x[None], logits="all").logits[0]
+            total += float(F.cross_entropy(logits[-len(cap) - 1:-1].float(), cap, reduction="sum"))
+            count += len(cap)
+    assert {c.modality for c in chunks} == {"video", "audio"} and n == count
+    assert math.isclose(float(loss), total / count, rel_tol=1e-4)
+
+
 def test_expert_balancing_moves_the_bias_towards_even_load():
     """Aux-loss-free balancing: an overloaded expert's correction bias goes down, an idle one's
     up, and on fixed inputs repeated updates even out the load."""
@@ -247,7 +274,8 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
                       evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)), vision_steps=2,
-                      vision_clips=1, text_steps=2, text_timelines=1, text_held_out=1)
+                      vision_clips=1, text_steps=2, text_timelines=1, text_held_out=1, chunk_caption_steps=2,
+                      chunk_caption_clips=1, chunk_caption_rows=3, chunk_caption_mix=1)
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -264,10 +292,15 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     recall = [json.loads(line) for line in (a / "recall_log.jsonl").read_text().splitlines()]   # phase 0 ran first
     assert [(r["pairs"], r["step"]) for r in recall] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1)]
     vision = [json.loads(line) for line in (a / "vision_log.jsonl").read_text().splitlines()]   # the ViT first
-    assert [r["step"] for r in vision] == [1, 2] and m["training"]["phases"][0]["phase"] == "vision"
-    assert [s["steps"] for s in m["training"]["phases"][1]["stages"]] == [3, 2]
+    phases = m["training"]["phases"]
+    assert [ph["phase"] for ph in phases] == ["vision", "chunk captions", 0, "text", 1, 2]
+    assert [r["step"] for r in vision] == [1, 2]
+    chunks = [json.loads(line) for line in (a / "chunk_caption_log.jsonl").read_text().splitlines()]  # then reading
+    assert [r["step"] for r in chunks] == [1, 2] and all(r["loss"] > 0 and r["caption_tokens"] > 0 for r in chunks)
+    assert all(r["chunk_caption_loss"] > 0 and r["chunk_caption_tokens"] > 0 for r in log)   # and mixed in
+    assert [s["steps"] for s in phases[2]["stages"]] == [3, 2]
     text = [json.loads(line) for line in (a / "text_log.jsonl").read_text().splitlines()]    # then lookups on text
-    assert [r["step"] for r in text] == [0, 2] and m["training"]["phases"][2]["phase"] == "text"
+    assert [r["step"] for r in text] == [0, 2]
     assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
@@ -277,6 +310,8 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert "First, the ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
     assert "Then the lookup on text (`recipes/train/textqa.py`): 2 steps" in card
+    assert "Then captions of single chunks (`Trainer.chunk_caption_loss`): 2 steps" in card
+    assert "Then such rows from 1 clip join every clip step's loss." in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()
     refresh_card(a)                                        # from the log and metrics alone

@@ -75,6 +75,12 @@ def model_card(metrics: dict) -> str:
           f"of {ph['held_out_after']['objects']} objects right (from {_pct(ph['held_out_before']['colour'])} and "
           f"{_pct(ph['held_out_before']['shape_or_word'])})."
           for ph in t.get("phases", []) if ph["phase"] == "vision"],
+        *[f"- Then captions of single chunks (`Trainer.chunk_caption_loss`): {ph['steps']} steps, each chunk read alone "
+          f"after the stream header, then its gold caption, so the caption can come only from its media; loss "
+          f"{ph['first_loss']:.3f} at the first step, {ph['final_loss']:.3f} over the last 20, {ph['seconds'] / 60:.1f} min."
+          + (f" Then such rows from {cfg['chunk_caption_mix']} clip{'s' * (cfg['chunk_caption_mix'] != 1)} join every clip "
+             "step's loss." if cfg.get("chunk_caption_mix") else "")
+          for ph in t.get("phases", []) if ph["phase"] == "chunk captions"],
         *[f"- Before the clips, associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
           f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
           "of values right over its last 20 steps)" if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} token{'s' * (s['gap'] != 1)} between "

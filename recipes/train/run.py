@@ -247,6 +247,10 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
             got = pretrain_vision(vision, cfg.vision_steps, cfg.seed, cfg.vision_lr, cfg.vision_clips,
                                   log=lambda row: vlog.write(json.dumps(row) + "\n"), progress=progress)
         phases.append({"phase": "vision", "task": "objects' colour and shape or word, fresh tubelets", **got})
+    if phase1_from is None and cfg.chunk_caption_steps:
+        from .train import train_chunk_captions
+        got = train_chunk_captions(trainer, clips, cfg, out / "chunk_caption_log.jsonl", progress)
+        phases.append({"phase": "chunk captions", "task": "captions of single chunks, each read alone", **got})
     if phase1_from is None and cfg.recall_stages:
         from .recall import chat_gap, recall_stages
         t_recall = time.perf_counter()
@@ -369,6 +373,10 @@ def main(argv=None) -> int:
     r.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the shipped run's)")
     r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
     r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
+    r.add_argument("--chunk-captions", type=int, default=None, metavar="STEPS",
+                   help="steps of captions of single chunks before recall (default: the shipped run's, none)")
+    r.add_argument("--chunk-caption-mix", type=int, default=None, metavar="CLIPS",
+                   help="clips of single-chunk caption rows added to every clip step (default: none)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     r.add_argument("--phase1-from", type=Path, default=None,
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
@@ -459,6 +467,10 @@ def main(argv=None) -> int:
             cfg.steps = args.steps
         if args.minutes is not None:
             cfg.minutes = args.minutes
+        if args.chunk_captions is not None:
+            cfg.chunk_caption_steps = args.chunk_captions
+        if args.chunk_caption_mix is not None:
+            cfg.chunk_caption_mix = args.chunk_caption_mix
         if args.clips is not None:
             cfg.train_bands = tuple((lo, hi, max(1, round(n * args.clips))) for lo, hi, n in cfg.train_bands)
         data = args.data / f"seed{args.seed}"

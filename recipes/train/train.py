@@ -174,6 +174,33 @@ class Trainer:
                 caption += [True] * len(cap)
         return torch.cat(parts), torch.tensor(ids), torch.tensor(caption)
 
+    def chunk_caption_loss(self, clips: list[Clip], rows_per_clip: int, rng: random.Random) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy of the captions of `rows_per_clip` chunks of each clip, each chunk read
+        alone after the stream header (its label and media, then its caption), all in one right-padded
+        batch; and the caption tokens counted. Alone, a caption can come only from its chunk's media;
+        in a session the model writes it mostly from the captions before (the seventh run: 0.45 nats
+        a caption token in the session, 2.02 for the same chunks read alone)."""
+        embed = self.decoder.embed
+        header = embed(torch.tensor([self.header]))[0]
+        seqs, targets = [], []
+        for clip in clips:
+            chunks = clip.chunks(self.vision(clip.video.float(), clip.grid, video=True), self.audio.projection(clip.audio))
+            for k in rng.sample(range(len(chunks)), min(rows_per_clip, len(chunks))):
+                c, cap = chunks[k], self.tok.encode(chunk_caption(clip.timeline, clip.meta[k]))
+                x = torch.cat([header, chunk_input(c, self.tok, embed, self.placeholder[c.modality]),
+                               embed(torch.tensor([cap]))[0]])
+                t = torch.full((x.shape[0],), -100, dtype=torch.long)
+                t[x.shape[0] - len(cap) - 1:-1] = torch.tensor(cap)          # position j predicts token j + 1
+                seqs.append(x)
+                targets.append(t)
+        width = max(x.shape[0] for x in seqs)
+        x = torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in seqs])
+        t = torch.stack([F.pad(s, (0, width - s.shape[0]), value=-100) for s in targets])
+        state = self.decoder.new_state(batch=len(seqs))
+        hidden = decoder_forward(self.decoder, state, inputs_embeds=x, logits="none").hidden
+        where = t != -100
+        return F.cross_entropy(self.decoder.lm_head(hidden[where]).float(), t[where]), int(where.sum())
+
     def rows(self, clip: Clip, items: list[dict]) -> list[tuple[list[int], list[int]]]:
         return [self.suffix(f"{it['question_id']}/{self.answer}", *prompt_and_target(it, self.answer)) for it in items]
 
@@ -317,6 +344,11 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight,
                                        lookups)
             total = loss
+            if cfg.chunk_caption_mix:
+                c_loss, stats["chunk_caption_tokens"] = trainer.chunk_caption_loss(
+                    rng.sample(clips, min(cfg.chunk_caption_mix, len(clips))), cfg.chunk_caption_rows, rng)
+                stats["chunk_caption_loss"] = float(c_loss.detach())
+                total = total + c_loss
             if cfg.recall_mix_rows:
                 r_loss, stats["recall_accuracy"] = recall_loss(d, *recall_batch(recall_task, d.cfg.vocab_size, recall_rows))
                 stats["recall_loss"] = float(r_loss.detach())
@@ -369,3 +401,44 @@ def validate(trainer: Trainer, clips: list[Clip], cfg) -> dict[str, float]:
         qa_n += stats["qa_tokens"]
         cap_n += stats["caption_tokens"]
     return {k: v / max(1, cap_n if "caption" in k else qa_n) for k, v in sums.items()}
+
+
+def train_chunk_captions(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, progress: bool = True) -> dict:
+    """The decoder learns to read the media before it learns to look things up:
+    `cfg.chunk_caption_steps` of AdamW (constant `cfg.chunk_caption_lr` after a 30-step warm-up;
+    experts balanced as in training) on `Trainer.chunk_caption_loss` of `cfg.chunk_caption_clips`
+    clips a step, one JSON line a step in `log_path`. From the seventh run's weights, 600 such steps
+    took its own video captions from 0.0% to 14.1% precise and its audio captions from 42.3% to
+    54.9% on the validation clips."""
+    from tqdm import tqdm
+
+    from .model import trainable_parameters
+
+    rng = random.Random(cfg.seed + 11)
+    d = trainer.decoder
+    params = trainable_parameters(d, trainer.vision, trainer.audio)
+    opt = torch.optim.AdamW(params, lr=cfg.chunk_caption_lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
+    load, losses, start = ExpertLoad(d), [], time.perf_counter()
+    d.train()
+    with open(log_path, "w") as log, tqdm(total=cfg.chunk_caption_steps, desc="chunk captions", unit="step",
+                                          file=sys.stderr, disable=not progress) as bar:
+        for step in range(1, cfg.chunk_caption_steps + 1):
+            for g in opt.param_groups:
+                g["lr"] = cfg.chunk_caption_lr * min(1.0, step / 30)
+            loss, n = trainer.chunk_caption_loss(rng.sample(clips, min(cfg.chunk_caption_clips, len(clips))),
+                                                 cfg.chunk_caption_rows, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            load.update(cfg.balance_rate)
+            losses.append(float(loss.detach()))
+            log.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "caption_tokens": n,
+                                  "time_s": round(time.perf_counter() - start, 2)}) + "\n")
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            bar.update(1)
+    load.remove()
+    d.eval()
+    return {"steps": cfg.chunk_caption_steps, "seconds": round(time.perf_counter() - start, 1),
+            "first_loss": losses[0] if losses else None,
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None}
