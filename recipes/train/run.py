@@ -84,7 +84,7 @@ def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
     share of chunks whose caption is exactly the timeline's, and of the things the captions name,
     the share that are there (precision) and of the things there, the share named (recall). A
     thing is compared by its name (its time span left out); `exact` compares the whole caption.
-    `show` (a text stream) gets every chunk's gold and own caption, one line each."""
+    `show` (a text stream) gets three lines a chunk: which chunk, its gold caption, the model's own."""
     import torch
 
     from app.engine_loop import stream_header

@@ -157,12 +157,9 @@ class Trainer:
         """(P, D) decoder input of the clip's session, through the projectors; its (P,) token ids
         (media positions hold their placeholder ids); and a (P,) mask of caption tokens. Chunk k in
         `captioned` is followed by its caption (data.chunk_caption), as a narrating model writes it."""
-        video = self.vision(clip.video.float(), clip.grid, video=True)
-        audio = self.audio.projection(clip.audio)
-        keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         embed = self.decoder.embed
         parts, ids, caption = [embed(torch.tensor([self.header]))[0]], list(self.header), [False] * len(self.header)
-        for k, c in enumerate(clip.chunks(video, audio, keep)):
+        for k, c in enumerate(self.clip_chunks(clip, evs_rate)):
             parts.append(chunk_input(c, self.tok, embed, self.placeholder[c.modality]))
             own = self.tok.encode(c.text())
             ids += own
@@ -174,6 +171,18 @@ class Trainer:
                 caption += [True] * len(cap)
         return torch.cat(parts), torch.tensor(ids), torch.tensor(caption)
 
+    def clip_chunks(self, clip: Clip, evs_rate: float = 0.0, only=None) -> list:
+        """The clip's EmbeddingChunks through the ViT and the sound projector, EVS at `evs_rate`. With
+        `only` (chunk indices), the ViT runs on those chunks' tubelets alone; other video chunks hold zeros."""
+        if only is None:
+            video = self.vision(clip.video.float(), clip.grid, video=True)
+        else:
+            seqs = sorted({clip.meta[k]["seq"] for k in only if clip.meta[k]["modality"] == "video"}) or [0]
+            picked = self.vision(clip.video[seqs].float(), clip.grid, video=True)
+            video = picked.new_zeros(clip.video.shape[0], *picked.shape[1:]).index_copy(0, torch.tensor(seqs), picked)
+        keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
+        return clip.chunks(video, self.audio.projection(clip.audio), keep)
+
     def chunk_caption_loss(self, clips: list[Clip], rows_per_clip: int, rng: random.Random) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy of the captions of `rows_per_clip` chunks of each clip, each chunk read
         alone after the stream header (its label and media, then its caption), all in one right-padded
@@ -184,8 +193,9 @@ class Trainer:
         header = embed(torch.tensor([self.header]))[0]
         seqs, targets = [], []
         for clip in clips:
-            chunks = clip.chunks(self.vision(clip.video.float(), clip.grid, video=True), self.audio.projection(clip.audio))
-            for k in rng.sample(range(len(chunks)), min(rows_per_clip, len(chunks))):
+            picked = rng.sample(range(len(clip.meta)), min(rows_per_clip, len(clip.meta)))
+            chunks = self.clip_chunks(clip, only=picked)
+            for k in picked:
                 c, cap = chunks[k], self.tok.encode(chunk_caption(clip.timeline, clip.meta[k]))
                 x = torch.cat([header, chunk_input(c, self.tok, embed, self.placeholder[c.modality]),
                                embed(torch.tensor([cap]))[0]])
