@@ -23,6 +23,7 @@ from fusion.omni import OmniModel
 from recipes.train.config import VOCAB_SIZE, WHOLE_NUMBERS, TrainConfig
 from recipes.train.data import chunk_caption, corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
 from recipes.train.model import new_model, save_omni
+from recipes.train.reading import caption_things_at, format_reading, reading_accuracy
 from recipes.train.run import _clips, gold_caption_accuracy, narration_accuracy, refresh_card, run
 from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
 
@@ -221,6 +222,23 @@ def test_chunk_captions_are_read_after_their_chunk_alone(data):
     assert math.isclose(float(loss), total / count, rel_tol=1e-4)
 
 
+def test_reading_finds_each_named_thing_in_its_caption_tokens(data):
+    """The token ranges `reading` scores are each thing's name, colour and shape or word in the
+    caption's own tokens (a word's token carries the space before it)."""
+    folder, items, clips, tok, _ = data
+    counted = {"audio": 0, "video": 0}
+    for clip in clips:
+        for meta in clip.meta:
+            whole = tok.encode(chunk_caption(clip.timeline, meta))
+            for e, ranges in caption_things_at(tok, clip.timeline, meta):
+                assert tok.decode(whole[slice(*ranges["name"])]).strip() == e["label"]
+                if meta["modality"] == "video":
+                    assert tok.decode(whole[slice(*ranges["colour"])]).strip() == e["colour"]
+                    assert tok.decode(whole[slice(*ranges["thing"])]).strip() == e.get("shape", e.get("word"))
+                counted[meta["modality"]] += 1
+    assert counted["audio"] > 0 and counted["video"] > 0
+
+
 def test_expert_balancing_moves_the_bias_towards_even_load():
     """Aux-loss-free balancing: an overloaded expert's correction bias goes down, an idle one's
     up, and on fixed inputs repeated updates even out the load."""
@@ -327,6 +345,16 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     lines = shown.getvalue().splitlines()
     assert len(lines) == 3 * sum(n["chunks"] for n in narrated.values()) and narrated["video"]["chunks"] > 0
     assert [line[:7] for line in lines[1:3]] == ["  gold ", "  own  "] and lines[1].endswith(")")
+    read = reading_accuracy(a, folder / "run" / "val")     # teacher-forced names, in the session and alone
+    val = _clips(folder / "run" / "val", [it for f in sorted((folder / "run" / "val" / "items").glob("*.json"))
+                                          for it in json.loads(f.read_text())])
+    run_tok = Tokenizer.from_dir(a)
+    named = {m: sum(len(caption_things_at(run_tok, c.timeline, meta)) for c in val for meta in c.meta
+                    if meta["modality"] == m) for m in ("audio", "video")}
+    assert {m: sum(g["things"] for g in read[m].values()) for m in read} == {m: n for m, n in named.items() if n}
+    assert all(0 <= v <= 1 for groups in read.values() for g in groups.values() for k, v in g.items() if k != "things")
+    assert set(read["video"]["new"]) == {"things"} | {f"{w}_{p}" for w in ("session", "alone") for p in ("name", "colour", "thing")}
+    assert format_reading(read).count("\n") == 1 + sum(len(groups) for groups in read.values())
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     # phase 2 alone, from phase 1's snapshot and log, ends on the same weights as the whole run

@@ -7,6 +7,7 @@
     python -m recipes.train recall --pattern 'MEM*'                    (can a decoder config learn lookups?)
     python -m recipes.train narration --model DIR --data FOLDER        (how well a model captions the chunks)
     python -m recipes.train gold-captions --model DIR                  (its answers with perfect captions)
+    python -m recipes.train reading --model DIR                        (does it name what each chunk holds?)
     python -m recipes.train text-questions --out DIR                  (the decoder on fresh gold-caption text)
 
 config.py  the tiny Omni configuration and the run's settings
@@ -18,5 +19,6 @@ run.py     a whole run: data, tokenizer, training, checkpoint, held-out evaluati
 probe.py   linear probes: what the towers' features carry
 recall.py  associative recall: how long a decoder configuration takes to learn to look things up
 textqa.py  the questions on gold captions of fresh timelines, no media: the decoder's part alone
+reading.py teacher-forced reading: the names in each chunk's caption, in the session and alone
 card.py    the model card (README.md next to the weights), from the run's metrics
 """

@@ -212,17 +212,20 @@ NARRATION = Narration.from_dict(NARRATION_CONFIG, "recipes.train.config.NARRATIO
 
 def chunk_caption(timeline: dict, chunk: dict) -> str:
     """What a chunk (a `meta` entry) holds, in the generator's words, each thing with its time span
-    (`(seen: a pink star 3.1-7.4) `): the audio events centred in its span, or the visual events on
-    screen in either frame of its tubelet. A question's time span is then a copy of the asked
-    thing's caption, which a small decoder learns; without spans in the captions it never did."""
+    (`(seen: a pink star 3.1-7.4) `), the events of `caption_events`. A question's time span is then
+    a copy of the asked thing's caption, which a small decoder learns; without spans in the captions
+    it never did."""
+    return NARRATION.caption(chunk["modality"], [f"{e['label']} {format_seconds(e['t0'])}-{format_seconds(e['t1'])}"
+                                                 for e in caption_events(timeline, chunk)])
+
+
+def caption_events(timeline: dict, chunk: dict) -> list[dict]:
+    """The events a chunk's caption names, in order: the audio events centred in its span, or the
+    visual events on screen in either frame of its tubelet."""
     events = timeline["events"]
     if chunk["modality"] == "audio":
-        got = [e for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
-    else:
-        got = [e for e in events if e["modality"] == "visual"
-               and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
-    return NARRATION.caption(chunk["modality"],
-                             [f"{e['label']} {format_seconds(e['t0'])}-{format_seconds(e['t1'])}" for e in got])
+        return [e for e in events if e["modality"] == "audio" and chunk["t0"] <= (e["t0"] + e["t1"]) / 2 < chunk["t1"]]
+    return [e for e in events if e["modality"] == "visual" and any(e["t0"] <= t < e["t1"] for t in (chunk["t0"], chunk["t1"]))]
 
 
 def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:

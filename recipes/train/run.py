@@ -396,6 +396,11 @@ def main(argv=None) -> int:
     g.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/val"),
                    help="a cached data folder (items/, features/)")
     g.add_argument("--questions", type=int, default=12, help="questions a clip")
+    rd = sub.add_parser("reading", help="teacher-forced: does the decoder name what each chunk holds, in the "
+                                        "session and with the chunk read alone")
+    rd.add_argument("--model", type=Path, required=True)
+    rd.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/val"),
+                    help="a cached data folder (items/, features/)")
     rc = sub.add_parser("recall", help="how many steps a decoder configuration needs to learn associative recall")
     rc.add_argument("--pattern", default=None, help="hybrid_override_pattern (default: the default model's)")
     rc.add_argument("--pairs", default="4,8,16", help="key-value pairs a row, one number per stage (a curriculum)")
@@ -441,6 +446,13 @@ def main(argv=None) -> int:
         if args.command == "gold-captions":
             torch.set_num_threads(TrainConfig.threads)
             print(json.dumps(gold_caption_accuracy(args.model, args.data, args.questions), indent=1))
+            return 0
+        if args.command == "reading":
+            from .reading import format_reading, reading_accuracy
+            torch.set_num_threads(TrainConfig.threads)
+            got = reading_accuracy(args.model, args.data)
+            print(format_reading(got))
+            print(json.dumps(got))
             return 0
         if args.command == "recall":
             from .recall import recall_probe
