@@ -13,10 +13,11 @@ import pytest
 from app.evaluate import MMOU_SKILLS, extract_choice, load_items, predicted_span, score
 from app.timestamps import find_time_spans
 from encoders.media import load_audio, probe, sample_video
-from recipes.synthetic.generate import generate
+from recipes.synthetic.generate import generate, is_current
 from recipes.synthetic.questions import LETTERS, make_questions
 from recipes.synthetic.render_wordbank import espeak_binary, render
-from recipes.synthetic.timeline import COLOURS, SOUNDS, Timeline, sample_timeline
+from recipes.synthetic.timeline import COLOURS, PLACE_GRID, SOUNDS, Timeline, sample_timeline
+from recipes.synthetic.media import object_place
 from recipes.synthetic.wordbank import WORDBANK_DIR, load_wordbank
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,47 @@ def test_same_seed_same_bytes_through_the_cli(dataset, tmp_path):
     assert [i["question"] for i in other] != [i["question"] for i in items if i["question_id"].startswith("s3-c00000")]
     one = generate(tmp_path / "one", seed=3, clips=1, min_seconds=20.0, max_seconds=24.0)
     assert one == [i for i in items if i["question_id"].startswith("s3-c00000-")]
+
+
+def test_a_folder_from_another_generator_is_not_current(dataset, tmp_path):
+    """Cached clips are reused only if this generator would make them: the training data and the
+    held-out sets of a run made before a generator change are made again."""
+    out, _, _ = dataset
+    bank = load_wordbank()
+    assert is_current(out, 3, 0, 20.0, 24.0, bank) and is_current(out, 3, 1, 20.0, 24.0, bank)
+    assert not is_current(out, 3, 2, 20.0, 24.0, bank)                  # never made
+    assert not is_current(out, 3, 0, 30.0, 34.0, bank)                  # other lengths
+    old = tmp_path / "old"
+    (old / "timelines").mkdir(parents=True)
+    tl = json.loads((out / "timelines" / "s3-c00000.json").read_text())
+    moved = next(e for e in tl["events"] if e["modality"] == "visual")
+    moved["position"]["x0"] += 0.01                                     # as an earlier placement put it
+    (old / "timelines" / "s3-c00000.json").write_text(json.dumps(tl))
+    assert not is_current(old, 3, 0, 20.0, 24.0, bank)
+
+
+def test_objects_sit_on_the_patch_grid_in_every_sampled_frame():
+    """At every whole second an object is on screen, its centre is a point of PLACE_GRID (the
+    default model's patches); moving objects move one cell a second, so about half still move."""
+    bank = load_wordbank()
+    rng = np.random.default_rng(11)
+    cols, rows = PLACE_GRID
+    moving = objects = sampled = 0
+    for k in range(12):
+        tl = sample_timeline(f"g{k}", float(rng.uniform(20, 180)), rng, bank.categories, bank.word_seconds)
+        for e in tl.visual:
+            p = e.position
+            objects += 1
+            moving += (p["x0"], p["y0"]) != (p["x1"], p["y1"])
+            for second in range(int(tl.duration) + 1):
+                at = object_place(tl, e, second * tl.fps)
+                if at is None:
+                    continue
+                x, y = at[0] / tl.width * cols, at[1] / tl.height * rows
+                assert abs(x - round(x)) < 1e-3 and abs(y - round(y)) < 1e-3, (tl.clip_id, e.label, second, x, y)
+                assert 2 <= round(x) <= 8 and 2 <= round(y) <= 6          # inside PLACE_X, PLACE_Y
+                sampled += 1
+    assert sampled > 500 and 0.35 < moving / objects < 0.65, (moving, objects)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -18,7 +18,7 @@ import numpy as np
 
 from recipes.synthetic.media import mix_audio, write_clip
 from recipes.synthetic.questions import make_questions
-from recipes.synthetic.timeline import sample_timeline
+from recipes.synthetic.timeline import Timeline, sample_timeline
 from recipes.synthetic.wordbank import WordBank, load_wordbank
 
 MIN_SECONDS, MAX_SECONDS = 10.0, 3600.0
@@ -39,13 +39,27 @@ def check_arguments(seed: int, clips: int, min_seconds: float, max_seconds: floa
                          f"got {min_seconds:g} and {max_seconds:g}")
 
 
+def clip_timeline(seed: int, index: int, min_seconds: float, max_seconds: float, bank: WordBank) -> Timeline:
+    """The timeline of clip `index` of `seed` (its length and every event): what the clip shows."""
+    duration = round(float(np.random.default_rng([seed, index, 0]).uniform(min_seconds, max_seconds)), 1)
+    return sample_timeline(clip_id(seed, index), duration, np.random.default_rng([seed, index, 1]), bank.categories,
+                           bank.word_seconds)
+
+
+def is_current(out: Path, seed: int, index: int, min_seconds: float, max_seconds: float, bank: WordBank) -> bool:
+    """Whether `out` holds clip `index` of `seed` as this generator makes it: a folder written by an
+    earlier version of the generator (other placements, other events) must be made again, not reused."""
+    path = Path(out) / "timelines" / f"{clip_id(seed, index)}.json"
+    return path.exists() and json.loads(path.read_text()) == json.loads(
+        json.dumps(clip_timeline(seed, index, min_seconds, max_seconds, bank).to_json()))
+
+
 def generate_clip(out: Path, seed: int, index: int, min_seconds: float, max_seconds: float,
                   bank: WordBank) -> list[dict]:
     """Write clip `index` (mp4 and timeline) under `out`; return its questions."""
     cid = clip_id(seed, index)
-    duration = round(float(np.random.default_rng([seed, index, 0]).uniform(min_seconds, max_seconds)), 1)
     words = bank.categories
-    timeline = sample_timeline(cid, duration, np.random.default_rng([seed, index, 1]), words, bank.word_seconds)
+    timeline = clip_timeline(seed, index, min_seconds, max_seconds, bank)
     audio = mix_audio(timeline, bank, np.random.default_rng([seed, index, 2]))
     video = f"clips/{cid}.mp4"
     write_clip(out / video, timeline, audio)

@@ -1,8 +1,8 @@
 """The ground truth of a synthetic clip: a seeded timeline of visual and audio events.
 
 Visual events are objects drawn on a plain background: coloured shapes and coloured words that
-appear, stay (moving in a straight line or not) and disappear, plus one brief word flash (the
-needle). Audio events never overlap one another: spoken words from the word bank, tones, noises
+appear, stay (moving in a straight line or not; on a grid of the default model's patches in every
+frame at a whole second) and disappear, plus one brief word flash (the needle). Audio events never overlap one another: spoken words from the word bank, tones, noises
 and notes. About half the objects have an audio event tied to their appearance (their colour,
 shape or word spoken, or a bell); the others, and the rest of the audio, are independent.
 
@@ -33,6 +33,13 @@ SOUNDS = {"a low beep": ("tone", 0.4), "a high beep": ("tone", 0.4), "a rising s
 TIE_SOUND = "a bell"
 AUDIO_GAP_S = 0.3           # silence between two audio events
 MAX_VISIBLE = 3
+# Objects sit on a grid of PLACE_GRID (columns, rows) cells in every frame at a whole second, the
+# frames a model sampling at 1 fps sees: the default model sees a 320x240 frame as 160x128 pixels
+# in 16-px patches, 10 x 8 of them, one cell each. A tiny ViT learnt shapes within a CPU budget
+# only where they sat the same way on its patches (recipes/train/FINDINGS.md: 78% of shapes after
+# 800 steps with objects on this grid, 21-25% at any offset, 47% on a half-patch grid).
+PLACE_GRID = (10, 8)
+PLACE_X, PLACE_Y = (0.2, 0.8), (0.25, 0.75)    # where centres may be, as fractions of the frame
 
 
 def shape_label(colour: str, shape: str) -> str:
@@ -110,17 +117,41 @@ def _audio_event(kind: str, label: str, t0: float, seconds: float, rng, word=Non
     return Event("", "audio", kind, label, _q(t0), _q(t0 + seconds), word=word, gain=round(gain, 3), tied_to=tied_to)
 
 
-def _place(rng, visual: list[Event], t0: float, t1: float, moving: bool) -> dict:
-    """Start and end centres for an object on screen from t0 to t1, away from the objects on screen
-    then where a few tries allow (objects may still cross while moving)."""
+def _grid_path(rng, t0: float, t1: float, moving: bool, fps: int) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """A start cell and a velocity (cells a second, -1, 0 or 1 on each axis) of PLACE_GRID for an
+    object on screen from t0 to t1, so that it sits on a grid point in every frame at a whole second,
+    the frames a model sampling at 1 fps sees; and the first such second. Moving objects that
+    cannot cross the grid in a straight line for that long stay still."""
+    (cols, rows), (x_lo, x_hi), (y_lo, y_hi) = PLACE_GRID, PLACE_X, PLACE_Y
+    first = -(-round(t0 * fps) // fps)                       # the first whole second it is on screen
+    steps = max(0, (round(t1 * fps) - 1) // fps - first)     # whole seconds after that one
+    xs = range(math.ceil(x_lo * cols), math.floor(x_hi * cols) + 1)
+    ys = range(math.ceil(y_lo * rows), math.floor(y_hi * rows) + 1)
+    paths = []
+    if moving:
+        paths = [((x, y), (vx, vy)) for vx in (-1, 0, 1) for vy in (-1, 0, 1) if vx or vy
+                 for x in xs for y in ys if x + vx * steps in xs and y + vy * steps in ys]
+    if not paths:
+        paths = [((x, y), (0, 0)) for x in xs for y in ys]
+    start, v = paths[int(rng.integers(len(paths)))]
+    return start, v, first
+
+
+def _place(rng, visual: list[Event], t0: float, t1: float, moving: bool, fps: int = FPS) -> dict:
+    """Start and end centres (at t0 and at its last frame before t1) for an object on screen from t0
+    to t1, on PLACE_GRID at every whole second (`_grid_path`), away from the objects on screen then
+    where a few tries allow (objects may still cross while moving)."""
     others = [(p["x0"], p["y0"]) for e in visual if e.t0 < t1 and t0 < e.t1 for p in [e.position]]
     others += [(p["x1"], p["y1"]) for e in visual if e.t0 < t1 and t0 < e.t1 for p in [e.position]]
+    cols, rows = PLACE_GRID
     for _ in range(12):
-        x0, y0 = rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.75)
-        x1, y1 = (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.75)) if moving else (x0, y0)
+        (x, y), (vx, vy), first = _grid_path(rng, t0, t1, moving, fps)
+        # frame f is at x + vx (f / fps - first) cells; the video shows frames round(t0 fps) .. round(t1 fps) - 1
+        at = [(f / fps - first) for f in (round(t0 * fps), round(t1 * fps) - 1)]
+        (x0, y0), (x1, y1) = [((x + vx * d) / cols, (y + vy * d) / rows) for d in at]
         if all(min(math.dist((x0, y0), o), math.dist((x1, y1), o)) > 0.3 for o in others):
             break
-    return {k: round(float(v), 3) for k, v in zip(("x0", "y0", "x1", "y1"), (x0, y0, x1, y1))}
+    return {k: round(float(v), 4) for k, v in zip(("x0", "y0", "x1", "y1"), (x0, y0, x1, y1))}
 
 
 def sample_timeline(clip_id: str, duration: float, rng: np.random.Generator,

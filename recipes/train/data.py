@@ -91,7 +91,7 @@ def _worker_init(seed: int, vocab_size: int, threads: int):
 
 def _make_clip(job) -> list[dict]:
     """Generate one clip (mp4, timeline, questions) and cache its features; returns its items."""
-    from recipes.synthetic.generate import clip_id, generate_clip
+    from recipes.synthetic.generate import clip_id, generate_clip, is_current
     from recipes.synthetic.wordbank import load_wordbank
 
     out, seed, index, lo, hi, fps, audio_clip_s = job
@@ -99,12 +99,14 @@ def _make_clip(job) -> list[dict]:
     cid = clip_id(seed, index)
     items_path = out / "items" / f"{cid}.json"
     feat_path = out / "features" / f"{cid}.tower-inputs.safetensors"
-    if items_path.exists() and feat_path.exists():        # already made by an earlier, interrupted run
+    bank = load_wordbank()
+    made = items_path.exists() and is_current(out, seed, index, lo, hi, bank)   # by an earlier run, this generator
+    if made and feat_path.exists():
         return json.loads(items_path.read_text())
-    if items_path.exists() and (out / "clips" / f"{cid}.mp4").exists():   # clip made before, inputs not cached
+    if made and (out / "clips" / f"{cid}.mp4").exists():   # clip made before, inputs not cached
         items = json.loads(items_path.read_text())
     else:
-        items = generate_clip(out, seed, index, lo, hi, load_wordbank())
+        items = generate_clip(out, seed, index, lo, hi, bank)
     with torch.inference_mode():
         meta, patches, grid, audio = clip_features(_WORKER["vision"], _WORKER["audio"], out / f"clips/{cid}.mp4",
                                                    fps, audio_clip_s)

@@ -41,10 +41,11 @@ def _clips(folder: Path, items: list[dict]):
 def heldout_set(folder: Path, seed: int, clips: int, lo: float, hi: float, per_clip: int, workers: int) -> Path:
     """Generate held-out clips (mp4 only: evaluation runs the towers itself) and write eval.json,
     `per_clip` questions of each clip drawn with `seed`. Returns the eval.json path."""
-    from recipes.synthetic.generate import generate
+    from recipes.synthetic.generate import generate, is_current
+    from recipes.synthetic.wordbank import load_wordbank
 
     path = folder / "eval.json"
-    if not path.exists():
+    if not (path.exists() and is_current(folder, seed, 0, lo, hi, load_wordbank())):
         items = generate(folder, seed, clips, lo, hi, progress=True)
         rng = random.Random(seed)
         by: dict[str, list[dict]] = {}
