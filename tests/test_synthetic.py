@@ -17,7 +17,7 @@ from recipes.synthetic.generate import generate, is_current
 from recipes.synthetic.questions import LETTERS, make_questions
 from recipes.synthetic.render_wordbank import espeak_binary, render
 from recipes.synthetic.timeline import COLOURS, PLACE_GRID, SOUNDS, Timeline, sample_timeline
-from recipes.synthetic.media import object_place
+from recipes.synthetic.media import object_box, object_place
 from recipes.synthetic.wordbank import WORDBANK_DIR, load_wordbank
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,8 @@ def test_a_folder_from_another_generator_is_not_current(dataset, tmp_path):
 
 def test_objects_sit_on_the_patch_grid_in_every_sampled_frame():
     """At every whole second an object is on screen, its centre is a point of PLACE_GRID (the
-    default model's patches); moving objects move one cell a second, so about half still move."""
+    default model's patches) and all of it is in the frame; moving objects move one cell a second,
+    so about half still move."""
     bank = load_wordbank()
     rng = np.random.default_rng(11)
     cols, rows = PLACE_GRID
@@ -91,6 +92,8 @@ def test_objects_sit_on_the_patch_grid_in_every_sampled_frame():
                 x, y = at[0] / tl.width * cols, at[1] / tl.height * rows
                 assert abs(x - round(x)) < 1e-3 and abs(y - round(y)) < 1e-3, (tl.clip_id, e.label, second, x, y)
                 assert 2 <= round(x) <= 8 and 2 <= round(y) <= 6          # inside PLACE_X, PLACE_Y
+                left, top, right, bottom = object_box(tl, e, second * tl.fps)
+                assert 0 <= left and right <= tl.width and 0 <= top and bottom <= tl.height, (e.label, e.size)
                 sampled += 1
     assert sampled > 500 and 0.35 < moving / objects < 0.65, (moving, objects)
 
