@@ -71,6 +71,18 @@ def test_a_folder_from_another_generator_is_not_current(dataset, tmp_path):
     assert not is_current(old, 3, 0, 20.0, 24.0, bank)
 
 
+def test_a_model_sampling_at_1_fps_sees_the_whole_seconds(dataset):
+    """Clips last whole seconds, so the 1-fps sampler (spreading its frames evenly over the clip)
+    takes the frames at whole seconds, those in which objects sit on the patch grid."""
+    from encoders.media import sample_indices
+
+    _, _, timelines = dataset
+    for tl in timelines.values():
+        assert tl.duration == int(tl.duration)
+        frames = round(tl.duration * tl.fps)
+        assert sample_indices(frames, tl.fps, fps=1.0) == [s * tl.fps for s in range(int(tl.duration))]
+
+
 def test_objects_sit_on_the_patch_grid_in_every_sampled_frame():
     """At every whole second an object is on screen, its centre is a point of PLACE_GRID (the
     default model's patches) and all of it is in the frame; moving objects move one cell a second,

@@ -40,8 +40,10 @@ def check_arguments(seed: int, clips: int, min_seconds: float, max_seconds: floa
 
 
 def clip_timeline(seed: int, index: int, min_seconds: float, max_seconds: float, bank: WordBank) -> Timeline:
-    """The timeline of clip `index` of `seed` (its length and every event): what the clip shows."""
-    duration = round(float(np.random.default_rng([seed, index, 0]).uniform(min_seconds, max_seconds)), 1)
+    """The timeline of clip `index` of `seed` (its length and every event): what the clip shows. It
+    lasts whole seconds, so a model sampling it at 1 fps (encoders.media.sample_indices: n frames
+    spread evenly over the clip) takes the frames at whole seconds, where objects sit on the grid."""
+    duration = float(round(np.random.default_rng([seed, index, 0]).uniform(min_seconds, max_seconds)))
     return sample_timeline(clip_id(seed, index), duration, np.random.default_rng([seed, index, 1]), bank.categories,
                            bank.word_seconds)
 
