@@ -311,12 +311,12 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert [(r["pairs"], r["step"]) for r in recall] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1)]
     vision = [json.loads(line) for line in (a / "vision_log.jsonl").read_text().splitlines()]   # the ViT first
     phases = m["training"]["phases"]
-    assert [ph["phase"] for ph in phases] == ["vision", "chunk captions", 0, "text", 1, 2]
+    assert [ph["phase"] for ph in phases] == ["vision", 0, "text", "chunk captions", 1, 2]
     assert [r["step"] for r in vision] == [1, 2]
-    chunks = [json.loads(line) for line in (a / "chunk_caption_log.jsonl").read_text().splitlines()]  # then reading
+    chunks = [json.loads(line) for line in (a / "chunk_caption_log.jsonl").read_text().splitlines()]  # reading media
     assert [r["step"] for r in chunks] == [1, 2] and all(r["loss"] > 0 and r["caption_tokens"] > 0 for r in chunks)
     assert all(r["chunk_caption_loss"] > 0 and r["chunk_caption_tokens"] > 0 for r in log)   # and mixed in
-    assert [s["steps"] for s in phases[2]["stages"]] == [3, 2]
+    assert [s["steps"] for s in phases[1]["stages"]] == [3, 2]
     text = [json.loads(line) for line in (a / "text_log.jsonl").read_text().splitlines()]    # then lookups on text
     assert [r["step"] for r in text] == [0, 2]
     assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])
@@ -324,11 +324,13 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     card = (a / "README.md").read_text()
-    assert "Before the clips, associative recall" in card and "2 pairs for 3 steps" in card
-    assert "First, the ViT alone (`recipes/train/vision.py`): 2 steps" in card
+    assert "Associative recall" in card and "2 pairs for 3 steps" in card
+    assert "The ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
-    assert "Then the lookup on text (`recipes/train/textqa.py`): 2 steps" in card
-    assert "Then captions of single chunks (`Trainer.chunk_caption_loss`): 2 steps" in card
+    assert "The lookup on text (`recipes/train/textqa.py`): 2 steps" in card
+    assert "Captions of single chunks (`Trainer.chunk_caption_loss`): 2 steps" in card
+    order = [card.index(k) for k in ("The ViT alone", "Associative recall", "The lookup on text", "Captions of single")]
+    assert order == sorted(order)                           # the phases in the order the run made them
     assert "Then such rows from 1 clip join every clip step's loss." in card
     for name in ("README.md", "loss.png"):
         (a / name).unlink()

@@ -42,6 +42,38 @@ def _skill_table(ev: dict) -> list[str]:
     return rows
 
 
+def _phase_line(ph: dict, cfg: dict) -> str | None:
+    """The card's line for a phase before the clips (None for the clip phases), in the run's order."""
+    if ph["phase"] == "vision":
+        after, before = ph["held_out_after"], ph["held_out_before"]
+        return (f"- The ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
+                f"each object's colour and shape or word its labels, {ph['seconds'] / 60:.1f} min; on held-out fresh "
+                f"tubelets, colour {_pct(after['colour'])} and shape or word {_pct(after['shape_or_word'])} of "
+                f"{after['objects']} objects right (from {_pct(before['colour'])} and {_pct(before['shape_or_word'])}).")
+    if ph["phase"] == "chunk captions":
+        return (f"- Captions of single chunks (`Trainer.chunk_caption_loss`): {ph['steps']} steps, each chunk read alone "
+                f"after the stream header, then its gold caption, so the caption can come only from its media; loss "
+                f"{ph['first_loss']:.3f} at the first step, {ph['final_loss']:.3f} over the last 20, {ph['seconds'] / 60:.1f} min."
+                + (f" Then such rows from {cfg['chunk_caption_mix']} clip{'s' * (cfg['chunk_caption_mix'] != 1)} join "
+                   "every clip step's loss." if cfg.get("chunk_caption_mix") else ""))
+    if ph["phase"] == 0:
+        stages = ", then ".join(
+            f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} of values right over its last 20 steps)"
+            if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} token{'s' * (s['gap'] != 1)} between a query "
+            f"and its value for {s['steps']} steps ({_pct(s['final_accuracy'])})" for s in ph["stages"])
+        return (f"- Associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
+                f"values), a curriculum of {stages}, {ph['seconds'] / 60:.1f} min: the questions are lookups in the "
+                "context, which no run learnt from the clips alone."
+                + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
+                   f"{cfg['recall_mix_weight']}), so the skill is kept." if cfg.get("recall_mix_rows") else ""))
+    if ph["phase"] == "text":
+        return (f"- The lookup on text (`recipes/train/textqa.py`): {ph['steps']} steps on fresh timelines laid out as "
+                "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows, "
+                f"{ph['seconds'] / 60:.1f} min; on held-out timelines, \"When\" questions answered with the exact span: "
+                f"{_pct(ph['evals'][0]['when_exact'])} before, {_pct(ph['evals'][-1]['when_exact'])} after.")
+    return None
+
+
 def model_card(metrics: dict) -> str:
     m, d, t = metrics["model"], metrics["data"], metrics["training"]
     cfg, times = metrics["config"], metrics.get("timings", {})
@@ -69,31 +101,7 @@ def model_card(metrics: dict) -> str:
         f"- Data (seed {metrics['seed']}): {d['train_clips']} clips, {d['train_seconds'] / 3600:.2f} hours, "
         f"{d['train_questions']} multiple-choice questions with TA-CoT targets, plus each clip's timed event list; "
         f"clips of 20 s to {d['longest_train_clip_s']:g} s.",
-        *[f"- First, the ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
-          f"each object's colour and shape or word its labels, {ph['seconds'] / 60:.1f} min; on held-out fresh tubelets, "
-          f"colour {_pct(ph['held_out_after']['colour'])} and shape or word {_pct(ph['held_out_after']['shape_or_word'])} "
-          f"of {ph['held_out_after']['objects']} objects right (from {_pct(ph['held_out_before']['colour'])} and "
-          f"{_pct(ph['held_out_before']['shape_or_word'])})."
-          for ph in t.get("phases", []) if ph["phase"] == "vision"],
-        *[f"- Then captions of single chunks (`Trainer.chunk_caption_loss`): {ph['steps']} steps, each chunk read alone "
-          f"after the stream header, then its gold caption, so the caption can come only from its media; loss "
-          f"{ph['first_loss']:.3f} at the first step, {ph['final_loss']:.3f} over the last 20, {ph['seconds'] / 60:.1f} min."
-          + (f" Then such rows from {cfg['chunk_caption_mix']} clip{'s' * (cfg['chunk_caption_mix'] != 1)} join every clip "
-             "step's loss." if cfg.get("chunk_caption_mix") else "")
-          for ph in t.get("phases", []) if ph["phase"] == "chunk captions"],
-        *[f"- Before the clips, associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
-          f"values), a curriculum of " + ", then ".join(f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} "
-          "of values right over its last 20 steps)" if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} token{'s' * (s['gap'] != 1)} between "
-          f"a query and its value for {s['steps']} steps ({_pct(s['final_accuracy'])})" for s in ph["stages"]) + f", {ph['seconds'] / 60:.1f} min: the "
-          "questions are lookups in the context, which no run learnt from the clips alone."
-          + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
-             f"{cfg['recall_mix_weight']}), so the skill is kept." if cfg.get("recall_mix_rows") else "")
-          for ph in t.get("phases", []) if ph["phase"] == 0],
-        *[f"- Then the lookup on text (`recipes/train/textqa.py`): {ph['steps']} steps on fresh timelines laid out as "
-          "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows, "
-          f"{ph['seconds'] / 60:.1f} min; on held-out timelines, \"When\" questions answered with the exact span: "
-          f"{_pct(ph['evals'][0]['when_exact'])} before, {_pct(ph['evals'][-1]['when_exact'])} after."
-          for ph in t.get("phases", []) if ph["phase"] == "text"],
+        *[line for ph in t.get("phases", []) if (line := _phase_line(ph, cfg))],
         f"- {t['steps_run']} steps of one clip each (its media prefix read once, its questions batched after it), "
         f"AdamW, lr {cfg['lr']} with warm-up and cosine decay, {t['tokens']:,} tokens read, "
         f"{t['target_tokens']:,} target tokens.",

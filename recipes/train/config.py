@@ -133,18 +133,6 @@ class TrainConfig:
     vision_steps: int = 1500
     vision_lr: float = 1e-3
     vision_clips: int = 4               # fresh timelines a step (about 30 tubelets)
-    # then captions of single chunks (train.train_chunk_captions; 0 skips it): each chunk read alone after
-    # the stream header, then its gold caption, `chunk_caption_rows` chunks of each of `chunk_caption_clips`
-    # clips a step. In a session the seventh run wrote its captions mostly from the ones before (0.45
-    # nats a caption token; 2.02 read alone); from its weights, 600 such steps took its video captions
-    # from 0.0% to 14.1% precise and its audio captions from 42.3% to 54.9%, and it forgot the
-    # questions, so it comes before the other phases. `chunk_caption_mix` clips of such rows join every
-    # clip step's loss (0: none). Both off in the shipped recipe until a full run has measured them.
-    chunk_caption_steps: int = 0
-    chunk_caption_lr: float = 1e-3
-    chunk_caption_clips: int = 4
-    chunk_caption_rows: int = 16
-    chunk_caption_mix: int = 0
     # phase 0: associative recall (recall.py) before the clips, as (pairs, steps) stages of a
     # curriculum; () skips it. The clips' questions are lookups in the context, which no run
     # learnt from the clips alone (the questions' loss was the same without the captions).
@@ -169,6 +157,20 @@ class TrainConfig:
     text_lookups: int = 24
     text_questions: int = 0             # questions a timeline adds (0: lookups alone)
     text_held_out: int = 12             # held-out timelines scored before and after (about 11 questions each)
+    # captions of single chunks (train.train_chunk_captions; 0 skips it), after the text phase, before the
+    # clips: each chunk read alone after the stream header, then its gold caption, `chunk_caption_rows`
+    # chunks of each of `chunk_caption_clips` clips a step. In a session the seventh run wrote its captions
+    # mostly from the ones before (0.45 nats a caption token; 2.02 read alone); from its weights, 600 such
+    # steps took its own video captions from 0.0% to 14.1% precise and its audio captions from 42.3% to
+    # 54.9%. Before recall (the eighth run) they cost the lookup: recall stopped short of 90% at its step
+    # limits and the text phase's held-out "When" spans stayed at 0 of 24 (the seventh run: 17). Its
+    # audio names were read after its chunk alone 46.8% of the time (the seventh run: 25.3%).
+    # `chunk_caption_mix` clips of such rows join every clip step's loss (0: none). Both off by default.
+    chunk_caption_steps: int = 0
+    chunk_caption_lr: float = 1e-3
+    chunk_caption_clips: int = 4
+    chunk_caption_rows: int = 16
+    chunk_caption_mix: int = 0
     # recall rows (of the last stage's pairs) added to every clip step, so the clips do not wash the
     # skill out: with none mixed in (runs/2026-11-30-seed0-recall-phase) the decoder was back at
     # chance on recall after the clips.

@@ -248,10 +248,6 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
             got = pretrain_vision(vision, cfg.vision_steps, cfg.seed, cfg.vision_lr, cfg.vision_clips,
                                   log=lambda row: vlog.write(json.dumps(row) + "\n"), progress=progress)
         phases.append({"phase": "vision", "task": "objects' colour and shape or word, fresh tubelets", **got})
-    if phase1_from is None and cfg.chunk_caption_steps:
-        from .train import train_chunk_captions
-        got = train_chunk_captions(trainer, clips, cfg, out / "chunk_caption_log.jsonl", progress)
-        phases.append({"phase": "chunk captions", "task": "captions of single chunks, each read alone", **got})
     if phase1_from is None and cfg.recall_stages:
         from .recall import chat_gap, recall_stages
         t_recall = time.perf_counter()
@@ -265,6 +261,10 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                          timelines=cfg.text_timelines, questions=cfg.text_questions, lookups=cfg.text_lookups,
                          held_out=cfg.text_held_out, every=cfg.text_steps, progress=progress)
         phases.append({"phase": "text", "task": "lookups on gold captions of fresh timelines", **got})
+    if phase1_from is None and cfg.chunk_caption_steps:
+        from .train import train_chunk_captions
+        got = train_chunk_captions(trainer, clips, cfg, out / "chunk_caption_log.jsonl", progress)
+        phases.append({"phase": "chunk captions", "task": "captions of single chunks, each read alone", **got})
     if phase1_from is None:
         summary = train(trainer, clips, cfg, log_path, val_clips, val_every=max(1, cfg.steps // 10),
                         progress=progress, snapshot=snapshot)
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
     r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
     r.add_argument("--chunk-captions", type=int, default=None, metavar="STEPS",
-                   help="steps of captions of single chunks before recall (default: the shipped run's, none)")
+                   help="steps of captions of single chunks, after the text phase (default: the shipped run's, none)")
     r.add_argument("--chunk-caption-mix", type=int, default=None, metavar="CLIPS",
                    help="clips of single-chunk caption rows added to every clip step (default: none)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")

@@ -422,7 +422,8 @@ def validate(trainer: Trainer, clips: list[Clip], cfg) -> dict[str, float]:
 
 
 def train_chunk_captions(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, progress: bool = True) -> dict:
-    """The decoder learns to read the media before it learns to look things up:
+    """The decoder learns to read the media, after it has learnt to look things up (before, it cost the
+    lookup: the eighth run's text phase left its "When" spans at 0 of 24):
     `cfg.chunk_caption_steps` of AdamW (constant `cfg.chunk_caption_lr` after a 30-step warm-up;
     experts balanced as in training) on `Trainer.chunk_caption_loss` of `cfg.chunk_caption_clips`
     clips a step, one JSON line a step in `log_path`. From the seventh run's weights, 600 such steps
