@@ -18,7 +18,6 @@ tell) and `continuing` (named there: the session can copy them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -61,34 +60,24 @@ def caption_things_at(tok, timeline: dict, chunk: dict) -> list[tuple[dict, dict
 def reading_accuracy(model_dir: Path, folder: Path) -> dict:
     """Per modality and new / continuing: how many things, and the share whose name (and on screen,
     colour; shape or word) the decoder predicts right in the session and alone."""
-    from engine.tokenizer import Tokenizer
+    from .run import trained_on_cached
+    from .train import decoder_forward
 
-    from .config import VOCAB_SIZE
-    from .model import new_model
-    from .run import _clips, load_trained
-    from .train import Trainer, decoder_forward
-
-    model_dir, folder = Path(model_dir), Path(folder)
-    seed = json.loads((model_dir / "metrics.json").read_text())["seed"] if (model_dir / "metrics.json").exists() else 0
-    raw, decoder, vision, audio = new_model(seed, VOCAB_SIZE)
-    load_trained(model_dir, decoder, vision, audio)
-    decoder.eval()
-    tok = Tokenizer.from_dir(model_dir)
-    trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
-    items = [it for f in sorted((folder / "items").glob("*.json")) for it in json.loads(f.read_text())]
+    trainer, clips = trained_on_cached(model_dir, folder)
+    decoder, tok = trainer.decoder, trainer.tok
     counts: dict[str, dict] = {}
 
     def right(pred: torch.Tensor, want: torch.Tensor, at: int, a: int, b: int) -> bool:
         """Whether the predictions for caption tokens a..b-1 (the caption starting at `at`) are right."""
         return bool((pred[at + a - 1:at + b - 1] == want[at + a:at + b]).all())
 
-    for clip in _clips(folder, items):
+    for clip in clips:
         every = list(range(len(clip.meta)))
         x, ids, is_caption = trainer.prefix(clip, captioned=set(every))
         hidden = decoder_forward(decoder, decoder.new_state(), inputs_embeds=x[None], logits="none").hidden[0]
         session = decoder.lm_head(hidden).argmax(-1)
         starts = [i for i in range(len(ids)) if is_caption[i] and not is_caption[i - 1]]
-        xs, targets = trainer.single_chunk_batch(clip, every)
+        xs, targets = trainer.single_chunk_batch([(clip, every)])
         alone = decoder.lm_head(decoder_forward(decoder, decoder.new_state(batch=len(every)), inputs_embeds=xs,
                                                 logits="none").hidden).argmax(-1)
         before: dict[str, set] = {"video": set(), "audio": set()}

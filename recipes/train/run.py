@@ -131,6 +131,25 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     scores it. Against the held-out accuracy, this splits a miss between seeing and looking up."""
     from app.evaluate import answer_from, parse_item, score
     from engine.generate import Session
+
+    trainer, clips = trained_on_cached(model_dir, folder)
+    decoder, tok = trainer.decoder, trainer.tok
+    asked, answers = [], []
+    with torch.inference_mode():
+        for clip in clips:
+            embeds, _, _ = trainer.prefix(clip, captioned=set(range(len(clip.meta))))
+            stream = Session(decoder)
+            stream.prefill(embeds=embeds)
+            group = [parse_item(it, "gold-caption item") for it in clip.items[:questions_per_clip]]
+            asked += group
+            answers += ["<think>\n" + a for a in answer_from(stream, tok, [question_prompt(it) for it in group],
+                                                              max_new_tokens=max_new_tokens)]
+    return score(asked, answers)
+
+
+def trained_on_cached(model_dir: Path, folder: Path):
+    """A checkpoint this recipe wrote, as a Trainer (decoder in eval mode), and the clips of a cached
+    data folder (items/, features/) to measure it on."""
     from engine.tokenizer import Tokenizer
 
     from .model import new_model
@@ -140,20 +159,10 @@ def gold_caption_accuracy(model_dir: Path, folder: Path, questions_per_clip: int
     seed = json.loads((model_dir / "metrics.json").read_text())["seed"] if (model_dir / "metrics.json").exists() else 0
     raw, decoder, vision, audio = new_model(seed, VOCAB_SIZE)
     load_trained(model_dir, decoder, vision, audio)
-    tok = Tokenizer.from_dir(model_dir)
-    trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
+    decoder.eval()
+    trainer = Trainer(decoder, vision, audio, Tokenizer.from_dir(model_dir), raw["image_token_id"], raw["audio_token_id"])
     items = [it for f in sorted((folder / "items").glob("*.json")) for it in json.loads(f.read_text())]
-    asked, answers = [], []
-    with torch.inference_mode():
-        for clip in _clips(folder, items):
-            embeds, _, _ = trainer.prefix(clip, captioned=set(range(len(clip.meta))))
-            stream = Session(decoder)
-            stream.prefill(embeds=embeds)
-            group = [parse_item(it, "gold-caption item") for it in clip.items[:questions_per_clip]]
-            asked += group
-            answers += ["<think>\n" + a for a in answer_from(stream, tok, [question_prompt(it) for it in group],
-                                                              max_new_tokens=max_new_tokens)]
-    return score(asked, answers)
+    return trainer, _clips(folder, items)
 
 
 def load_trained(folder, decoder, vision, audio) -> None:

@@ -183,37 +183,35 @@ class Trainer:
         keep = evs_keep(video, evs_rate) if evs_rate > 0 else None
         return clip.chunks(video, self.audio.projection(clip.audio), keep)
 
-    def single_chunk_batch(self, clip: Clip, picked: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chunks `picked` of the clip, each read alone after the stream header (its label and media,
-        then its caption), as one right-padded batch: inputs (B, L, D) and targets (B, L), the caption's
-        tokens at the positions that predict them and -100 elsewhere."""
+    def single_chunk_batch(self, rows: list[tuple[Clip, list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The picked chunks of each (clip, chunk indices), each read alone after the stream header
+        (its label and media, then its caption), as one right-padded batch: inputs (B, L, D) and
+        targets (B, L), the caption's tokens at the positions that predict them and -100 elsewhere."""
         embed = self.decoder.embed
         header = embed(torch.tensor([self.header]))[0]
-        chunks = self.clip_chunks(clip, only=picked)
         seqs, targets = [], []
-        for k in picked:
-            c, cap = chunks[k], self.tok.encode(chunk_caption(clip.timeline, clip.meta[k]))
-            x = torch.cat([header, chunk_input(c, self.tok, embed, self.placeholder[c.modality]),
-                           embed(torch.tensor([cap]))[0]])
-            t = torch.full((x.shape[0],), -100, dtype=torch.long)
-            t[x.shape[0] - len(cap) - 1:-1] = torch.tensor(cap)          # position j predicts token j + 1
-            seqs.append(x)
-            targets.append(t)
+        for clip, picked in rows:
+            chunks = self.clip_chunks(clip, only=picked)
+            for k in picked:
+                c, cap = chunks[k], self.tok.encode(chunk_caption(clip.timeline, clip.meta[k]))
+                x = torch.cat([header, chunk_input(c, self.tok, embed, self.placeholder[c.modality]),
+                               embed(torch.tensor([cap]))[0]])
+                t = torch.full((x.shape[0],), -100, dtype=torch.long)
+                t[x.shape[0] - len(cap) - 1:-1] = torch.tensor(cap)          # position j predicts token j + 1
+                seqs.append(x)
+                targets.append(t)
         width = max(x.shape[0] for x in seqs)
         return (torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in seqs]),
                 torch.stack([F.pad(s, (0, width - s.shape[0]), value=-100) for s in targets]))
 
     def chunk_caption_loss(self, clips: list[Clip], rows_per_clip: int, rng: random.Random) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy of the captions of `rows_per_clip` chunks of each clip, each chunk read
-        alone (`single_chunk_batch`), all clips in one batch; and the caption tokens counted. Alone, a
+        alone (`single_chunk_batch`), all in one batch; and the caption tokens counted. Alone, a
         caption can come only from its chunk's media; in a session the model writes it mostly from
         the captions before (the seventh run: 0.45 nats a caption token in the session, 2.02 for the
         same chunks read alone)."""
-        batches = [self.single_chunk_batch(clip, rng.sample(range(len(clip.meta)), min(rows_per_clip, len(clip.meta))))
-                   for clip in clips]
-        width = max(x.shape[1] for x, _ in batches)
-        x = torch.cat([F.pad(x, (0, 0, 0, width - x.shape[1])) for x, _ in batches])
-        t = torch.cat([F.pad(t, (0, width - t.shape[1]), value=-100) for _, t in batches])
+        x, t = self.single_chunk_batch([(clip, rng.sample(range(len(clip.meta)), min(rows_per_clip, len(clip.meta))))
+                                        for clip in clips])
         state = self.decoder.new_state(batch=x.shape[0])
         hidden = decoder_forward(self.decoder, state, inputs_embeds=x, logits="none").hidden
         where = t != -100
