@@ -355,7 +355,10 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
                     if meta["modality"] == m) for m in ("audio", "video")}
     assert {m: sum(g["things"] for g in read[m].values()) for m in read} == {m: n for m, n in named.items() if n}
     assert all(0 <= v <= 1 for groups in read.values() for g in groups.values() for k, v in g.items() if k != "things")
-    assert set(read["video"]["new"]) == {"things"} | {f"{w}_{p}" for w in ("session", "alone") for p in ("name", "colour", "thing")}
+    assert set(read["audio"]) <= {"new", "continuing"} and set(read["video"]) <= {
+        f"{kind} {what}" for kind in ("new", "continuing") for what in ("shape", "word")}
+    assert all(set(g) == {"things"} | {f"{w}_{p}" for w in ("session", "alone") for p in ("name", "colour", "thing")}
+               for g in read["video"].values())
     assert format_reading(read).count("\n") == 1 + sum(len(groups) for groups in read.values())
     run(b, cfg, folder / "run", evaluate=False, progress=False)      # the same seed: the same weights
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()

@@ -11,7 +11,8 @@ names, we ask whether the decoder's most likely next token is right on every tok
   can come only from the chunk's media.
 
 Things are split into `new` (not named by the previous caption of their modality: only the media
-tell) and `continuing` (named there: the session can copy them).
+tell) and `continuing` (named there: the session can copy them), things on screen also into shapes
+and words (a flashed word is a word).
 
     python -m recipes.train reading --model DIR [--data .cache/train-data/seed0/val]
 """
@@ -56,6 +57,15 @@ def caption_things_at(tok, timeline: dict, chunk: dict) -> list[tuple[dict, dict
     return got
 
 
+def thing_group(event: dict, continuing: bool) -> str:
+    """`new` or `continuing`, and on screen whether it is a shape or a word: the ViT reads shapes far
+    better than words, so the two are reported apart."""
+    kind = "continuing" if continuing else "new"
+    if event["modality"] != "visual":
+        return kind
+    return f"{kind} {'shape' if event['kind'] == 'shape' else 'word'}"
+
+
 @torch.inference_mode()
 def reading_accuracy(model_dir: Path, folder: Path) -> dict:
     """Per modality and new / continuing: how many things, and the share whose name (and on screen,
@@ -88,7 +98,7 @@ def reading_accuracy(model_dir: Path, folder: Path) -> dict:
             want_alone[1:] = targets[k]
             for e, ranges in things:
                 group = counts.setdefault(meta["modality"], {}).setdefault(
-                    "continuing" if e["id"] in before[meta["modality"]] else "new",
+                    thing_group(e, e["id"] in before[meta["modality"]]),
                     {"things": 0, **{f"{w}_{p}": 0 for w in ("session", "alone") for p in ranges}})
                 group["things"] += 1
                 for part, (a, b) in ranges.items():
