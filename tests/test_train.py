@@ -588,6 +588,32 @@ def test_text_questions_lay_out_a_clips_chunks_with_their_gold_captions(data):
         assert text.endswith(chunk_caption(clip.timeline, laid[-1]))
 
 
+def test_chain_rows_are_the_two_lookup_questions_without_their_options(data):
+    """Every question of a clip that chains two lookups (what is heard right after X, what is on
+    screen when X is spoken, which word is spoken while X is on screen) has a chain row with the
+    same question and, as its target, the same two-step reasoning and answer text; each row's two
+    steps are two different events of the clip."""
+    from recipes.train.data import chain_rows
+    _, _, clips, _, _ = data
+    chained = ("What is heard right after this: ", "What is on screen when this is spoken: ",
+               "Which word is spoken while this is on screen: ")
+    asked = 0
+    for clip in clips:
+        rows = chain_rows(clip.timeline)
+        assert len({k for k, _, _ in rows}) == len(rows)
+        by_question = {q: t for _, q, t in rows}
+        spans = {(e["t0"], e["t1"]) for e in clip.timeline["events"]}
+        for _, question, target in rows:
+            assert question.startswith(chained)
+            steps = [(s.start_s, s.end_s) for s in find_time_spans(target)]
+            assert len(steps) == 2 and steps[0] != steps[1] and set(steps) <= spans
+        for it in clip.items:
+            if it["question"].startswith(chained):
+                asked += 1
+                assert by_question[it["question"]] == prompt_and_target(it, "text")[1]
+    assert asked > 0
+
+
 def test_text_question_targets_score_full_marks_and_the_loss_reads_the_context(data):
     """Each row's target, answered as written, is scored right by `python -m app eval`'s scorer
     (so the rows and the scorer agree on the answer's form); and the rows' loss is the cross-entropy
@@ -631,7 +657,8 @@ def test_text_questions_command_trains_and_logs_held_out_accuracy(data, tmp_path
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (ckpt / name).write_bytes((tok_dir / name).read_bytes())
     out = subprocess.run([sys.executable, "-m", "recipes.train", "text-questions", "--out", str(tmp_path / "t"),
-                          "--model", str(ckpt), "--steps", "2", "--every", "2", "--timelines", "1", "--held-out", "1"],
+                          "--model", str(ckpt), "--steps", "2", "--every", "2", "--timelines", "1", "--held-out", "1",
+                          "--chains", "3"],
                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "t" / "text_log.jsonl").read_text().splitlines()]

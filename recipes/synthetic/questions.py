@@ -183,17 +183,27 @@ def q_order_visual(tl, rng, ctx):
                      ["sequential reasoning"], [(e.t0, e.t1, f"{_cap(e.label)} appears.") for e in chosen])
 
 
-def q_after_audio(tl, rng, ctx):
+def after_pool(tl: Timeline) -> list[tuple[Event, Event]]:
+    """(a, b): each sound whose label no other sound shares, and the sound right after it."""
     audio = tl.audio
     unique = {e.label for e in _unique(audio)}
-    pool = [i for i in range(len(audio) - 1) if audio[i].label in unique]
+    return [(audio[i], audio[i + 1]) for i in range(len(audio) - 1) if audio[i].label in unique]
+
+
+def after_question(a: Event, b: Event) -> tuple[str, list[tuple[float, float, str]], str]:
+    """(question, reasoning steps, right answer's text) of "What is heard right after this: <a>?"."""
+    return (f"What is heard right after this: {a.label}?",
+            [(a.t0, a.t1, f"{_cap(a.label)} is heard."), (b.t0, b.t1, f"Next, {b.label} is heard.")], b.label)
+
+
+def q_after_audio(tl, rng, ctx):
+    pool = after_pool(tl)
     if not pool:
         return None
-    i = pool[int(rng.integers(len(pool)))]
-    a, b = audio[i], audio[i + 1]
-    opts = _options(rng, b.label, [[e.label for e in audio], _audio_labels(ctx["words"])])
-    return opts and (f"What is heard right after this: {a.label}?", opts, ["sequential reasoning"],
-                     [(a.t0, a.t1, f"{_cap(a.label)} is heard."), (b.t0, b.t1, f"Next, {b.label} is heard.")])
+    a, b = pool[int(rng.integers(len(pool)))]
+    question, steps, answer = after_question(a, b)
+    opts = _options(rng, answer, [[e.label for e in tl.audio], _audio_labels(ctx["words"])])
+    return opts and (question, opts, ["sequential reasoning"], steps)
 
 
 def q_needle(tl, rng, ctx):
@@ -207,36 +217,66 @@ def q_needle(tl, rng, ctx):
                      ["needle-in-the-haystack"], [(f.t0, f.t1, f"The word {f.word} flashes on screen.")])
 
 
-def q_on_screen_when_said(tl, rng, ctx):
-    objects = _objects(tl)
+def said_pool(tl: Timeline) -> list[tuple[Event, Event]]:
+    """(w, o): each spoken word no other sound shares, said while exactly one object (not the flash)
+    is on screen, wholly within its time there; and that object."""
     pool = []
     for w in _unique([e for e in tl.audio if e.kind == "speech"]):
         during = [o for o in tl.visual if _overlap(o.t0, o.t1, w.t0, w.t1) > 0]
         if len(during) == 1 and during[0].kind != "flash" and during[0].t0 <= w.t0 and w.t1 <= during[0].t1:
             pool.append((w, during[0]))
-    if not pool:
-        return None
-    w, o = pool[int(rng.integers(len(pool)))]
-    opts = _options(rng, o.label, [[e.label for e in objects], ctx["catalogue"]])
-    return opts and (f"What is on screen when this is spoken: {w.label}?", opts, ["audio-visual stitching"],
-                     [(w.t0, w.t1, f"{_cap(w.label)} is spoken."),
-                      (o.t0, o.t1, f"{_cap(o.label)} is on screen at that moment.")])
+    return pool
 
 
-def q_said_while_on_screen(tl, rng, ctx):
+def said_question(w: Event, o: Event) -> tuple[str, list[tuple[float, float, str]], str]:
+    """(question, reasoning steps, right answer's text) of "What is on screen when this is spoken: <w>?"."""
+    return (f"What is on screen when this is spoken: {w.label}?",
+            [(w.t0, w.t1, f"{_cap(w.label)} is spoken."), (o.t0, o.t1, f"{_cap(o.label)} is on screen at that moment.")],
+            o.label)
+
+
+def while_pool(tl: Timeline) -> list[tuple[Event, Event]]:
+    """(o, w): each object no other object shares a label with, and the one word spoken while it is
+    on screen, wholly within that time."""
     speech = [e for e in tl.audio if e.kind == "speech"]
     pool = []
     for o in _unique(_objects(tl)):
         during = [w for w in speech if _overlap(o.t0, o.t1, w.t0, w.t1) > 0]
         if len(during) == 1 and o.t0 <= during[0].t0 and during[0].t1 <= o.t1:
             pool.append((o, during[0]))
+    return pool
+
+
+def while_question(o: Event, w: Event) -> tuple[str, list[tuple[float, float, str]], str]:
+    """(question, reasoning steps, right answer's text) of "Which word is spoken while this is on screen: <o>?"."""
+    return (f"Which word is spoken while this is on screen: {o.label}?",
+            [(o.t0, o.t1, f"{_cap(o.label)} is on screen."), (w.t0, w.t1, f'Meanwhile the word "{w.word}" is spoken.')],
+            w.word)
+
+
+def chain_pool(tl: Timeline) -> list[tuple[str, list[tuple[float, float, str]], str]]:
+    """Every question that chains two lookups (find one thing, then what is next to it or on at the
+    same time) the templates can ask of `tl`, as (question, reasoning steps, answer's text)."""
+    return ([after_question(a, b) for a, b in after_pool(tl)] + [said_question(w, o) for w, o in said_pool(tl)]
+            + [while_question(o, w) for o, w in while_pool(tl)])
+
+
+def q_on_screen_when_said(tl, rng, ctx):
+    pool = said_pool(tl)
     if not pool:
         return None
-    o, w = pool[int(rng.integers(len(pool)))]
-    opts = _options(rng, w.word, [[e.word for e in speech], ctx["words"]])
-    return opts and (f"Which word is spoken while this is on screen: {o.label}?", opts, ["audio-visual stitching"],
-                     [(o.t0, o.t1, f"{_cap(o.label)} is on screen."),
-                      (w.t0, w.t1, f'Meanwhile the word "{w.word}" is spoken.')])
+    question, steps, answer = said_question(*pool[int(rng.integers(len(pool)))])
+    opts = _options(rng, answer, [[e.label for e in _objects(tl)], ctx["catalogue"]])
+    return opts and (question, opts, ["audio-visual stitching"], steps)
+
+
+def q_said_while_on_screen(tl, rng, ctx):
+    pool = while_pool(tl)
+    if not pool:
+        return None
+    question, steps, answer = while_question(*pool[int(rng.integers(len(pool)))])
+    opts = _options(rng, answer, [[e.word for e in tl.audio if e.kind == "speech"], ctx["words"]])
+    return opts and (question, opts, ["audio-visual stitching"], steps)
 
 
 def q_most_heard(tl, rng, ctx):

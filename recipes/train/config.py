@@ -156,6 +156,7 @@ class TrainConfig:
     text_timelines: int = 2             # fresh timelines a step (20-60 s), each with its lookup rows
     text_lookups: int = 24
     text_questions: int = 0             # questions a timeline adds (0: lookups alone)
+    text_chains: int = 0                # two-lookup rows a timeline adds (data.chain_rows; 0: none)
     text_held_out: int = 12             # held-out timelines scored before and after (about 11 questions each)
     # captions of single chunks (train.train_chunk_captions; 0 skips it), after the text phase, before the
     # clips: each chunk read alone after the stream header, then its gold caption, `chunk_caption_rows`

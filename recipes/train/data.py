@@ -245,6 +245,19 @@ def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def chain_rows(timeline: dict) -> list[tuple[str, str, str]]:
+    """(key, question, target) of every question the generator can ask that chains two lookups
+    (`What is heard right after this: X?`, what is on screen when a word is spoken, which word is
+    spoken while a thing is on screen), with no options: its two reasoning steps, then the answer's
+    text. `lookup_rows` teaches the first lookup; these teach the second, keyed by the first's span."""
+    from recipes.synthetic.questions import chain_pool
+    from recipes.synthetic.timeline import Timeline
+
+    tl = Timeline.from_json(timeline)
+    return [(f"{tl.clip_id}/chain/{k}", question, format_reasoning(steps, answer)[len("<think>\n"):])
+            for k, (question, steps, answer) in enumerate(chain_pool(tl))]
+
+
 def timeline_target(timeline: dict) -> str:
     """The timeline item's answer: every event, then how many were seen and heard."""
     seen = sum(e["modality"] == "visual" for e in timeline["events"])

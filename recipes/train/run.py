@@ -268,6 +268,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         from .textqa import train_text
         got = train_text(decoder, tok, cfg.text_steps, cfg.text_lr, cfg.seed, out / "text_log.jsonl",
                          timelines=cfg.text_timelines, questions=cfg.text_questions, lookups=cfg.text_lookups,
+                         chains=cfg.text_chains,
                          held_out=cfg.text_held_out, every=cfg.text_steps, progress=progress)
         phases.append({"phase": "text", "task": "lookups on gold captions of fresh timelines", **got})
     if phase1_from is None and cfg.chunk_caption_steps:
@@ -430,6 +431,9 @@ def main(argv=None) -> int:
     tq.add_argument("--lr", type=float, default=1e-3)
     tq.add_argument("--every", type=int, default=250, help="steps between held-out evaluations")
     tq.add_argument("--timelines", type=int, default=2, help="fresh timelines a step")
+    tq.add_argument("--questions", type=int, default=12, help="multiple-choice questions a timeline adds")
+    tq.add_argument("--lookups", type=int, default=24, help='"When is X?" rows a timeline adds')
+    tq.add_argument("--chains", type=int, default=0, help="two-lookup rows a timeline adds (data.chain_rows)")
     tq.add_argument("--held-out", type=int, default=12, help="held-out timelines (about 11 questions each)")
     tq.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
@@ -478,7 +482,8 @@ def main(argv=None) -> int:
             from .textqa import text_probe
             torch.set_num_threads(TrainConfig.threads)
             got = text_probe(args.out, args.model, args.seed, args.pattern, steps=args.steps, lr=args.lr, every=args.every,
-                             timelines=args.timelines, held_out=args.held_out)
+                             timelines=args.timelines, questions=args.questions, lookups=args.lookups,
+                             chains=args.chains, held_out=args.held_out)
             print(json.dumps(got))
             return 0
         if args.command == "demo":
