@@ -137,9 +137,9 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
                progress: bool = True) -> dict:
     """`steps` of AdamW (constant `lr` after a 50-step warm-up; experts balanced as in training) on
     `timelines` fresh timelines a step, each with up to `questions` questions, `lookups` lookup rows
-    and `chains` two-lookup rows (data.chain_rows), plus `recall_rows` rows of the recall phase's last stage (weight 0.5, as in the clip
-    steps). Held-out accuracy on `held_out` fixed timelines at the start and every `every` steps,
-    one JSON line each in `log_path`. Returns the evaluations."""
+    and `chains` two-lookup rows (data.chain_rows), plus `recall_rows` rows of the recall phase's
+    last stage (weight 0.5, as in the clip steps). Held-out accuracy on `held_out` fixed timelines
+    at the start and every `every` steps, one JSON line each in `log_path`. Returns the evaluations."""
     from tqdm import tqdm
 
     from .config import TrainConfig
