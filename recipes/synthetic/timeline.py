@@ -3,8 +3,9 @@
 Visual events are objects drawn on a plain background: coloured shapes and coloured words that
 appear, stay (moving in a straight line or not; on a grid of the default model's patches in every
 frame at a whole second) and disappear, plus one brief word flash (the needle). Audio events never
-overlap one another: spoken words from the word bank, tones, noises and notes. About half the objects have an audio event tied to their appearance (their colour,
-shape or word spoken, or a bell); the others, and the rest of the audio, are independent.
+overlap one another: spoken words from the word bank, tones, noises and notes. About half the
+objects have an audio event tied to their appearance (their colour, shape or word spoken, or a
+bell); the others, and the rest of the audio, are independent.
 
 Times are on a 0.1 s grid (frame boundaries at 10 fps); a spoken word ends at its recording's
 length rounded to 0.1 s.

@@ -68,8 +68,9 @@ def thing_group(event: dict, continuing: bool) -> str:
 
 @torch.inference_mode()
 def reading_accuracy(model_dir: Path, folder: Path) -> dict:
-    """Per modality and new / continuing: how many things, and the share whose name (and on screen,
-    colour; shape or word) the decoder predicts right in the session and alone."""
+    """Per modality and `thing_group` (new / continuing; on screen also shape / word): how many things,
+    and the share whose name (and on screen, colour; shape or word) the decoder predicts right in the
+    session and alone."""
     from .run import trained_on_cached
     from .train import decoder_forward
 
