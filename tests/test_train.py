@@ -386,23 +386,27 @@ def test_phase_two_targets_answer_with_the_option_text(data):
         prompt_and_target(it, "number")
 
 
-def test_projector_learning_rate_scale(data, tmp_path):
+@pytest.mark.parametrize("frozen", ["projectors", "vit"])
+def test_learning_rate_scales_of_the_projectors_and_the_vit(data, tmp_path, frozen):
     """projector_lr_scale=0 trains the decoder and the ViT and leaves both projectors as initialized;
-    the conformer is frozen."""
+    vision_lr_scale=0 leaves the ViT (not mlp1) as initialized; the conformer is frozen."""
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
-                      val_clips=1, projector_lr_scale=0.0, recall_stages=(), vision_steps=0, text_steps=0)
+                      val_clips=1, recall_stages=(), vision_steps=0, text_steps=0,
+                      projector_lr_scale=0.0 if frozen == "projectors" else 1.0,
+                      vision_lr_scale=0.0 if frozen == "vit" else 1.0)
     run(tmp_path / "m", cfg, folder / "run", evaluate=False, progress=False)
     raw, decoder, vision, audio = new_model(5, VOCAB_SIZE)
     from safetensors.torch import load_file
     saved = load_file(str(tmp_path / "m" / "model.safetensors"))
-    torch.testing.assert_close(saved["mlp1.1.weight"], vision.mlp1[1].weight, atol=0, rtol=0)
-    torch.testing.assert_close(saved["sound_projection.linear1.weight"], audio.projection.linear1.weight, atol=0, rtol=0)
-    assert not torch.equal(saved["language_model.lm_head.weight"], decoder.lm_head.weight)
+    projectors = {"mlp1.1.weight": vision.mlp1[1].weight, "sound_projection.linear1.weight": audio.projection.linear1.weight}
     vit = "vision_model.radio_model.model."
-    assert not torch.equal(saved[vit + "blocks.0.attn.qkv.weight"], vision.state_dict()[vit + "blocks.0.attn.qkv.weight"])
-    assert not torch.equal(saved[vit + "patch_generator.video_embedder.weight"],
-                           vision.state_dict()[vit + "patch_generator.video_embedder.weight"])
+    vit_weights = {k: vision.state_dict()[k] for k in (vit + "blocks.0.attn.qkv.weight",
+                                                       vit + "patch_generator.video_embedder.weight")}
+    for group, weights in (("projectors", projectors), ("vit", vit_weights)):
+        for k, v in weights.items():
+            assert torch.equal(saved[k], v) == (group == frozen), k
+    assert not torch.equal(saved["language_model.lm_head.weight"], decoder.lm_head.weight)
     for k, v in audio.encoder.state_dict().items():
         torch.testing.assert_close(saved[f"sound_encoder.encoder.{k}"], v, atol=0, rtol=0)
 

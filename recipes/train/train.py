@@ -322,9 +322,14 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
     d, v, a = trainer.decoder, trainer.vision, trainer.audio
     params = trainable_parameters(d, v, a)
     projector = {id(p) for m in (v.mlp1, a.projection) for p in m.parameters()}
+    vit = {id(p) for p in v.parameters()} - projector
+
+    def lr_scale(p) -> float:
+        return cfg.projector_lr_scale if id(p) in projector else cfg.vision_lr_scale if id(p) in vit else 1.0
+
     groups: dict[tuple[float, bool], list] = {}     # (lr scale, weight decay) -> parameters
     for p in params:
-        groups.setdefault((cfg.projector_lr_scale if id(p) in projector else 1.0, p.dim() >= 2), []).append(p)
+        groups.setdefault((lr_scale(p), p.dim() >= 2), []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "lr_scale": scale, "weight_decay": cfg.weight_decay if decay else 0.0}
                              for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     trainer.answer = cfg.answer
@@ -368,7 +373,7 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             if cfg.recall_mix_rows:
                 r_loss, stats["recall_accuracy"] = recall_loss(d, *recall_batch(recall_task, d.cfg.vocab_size, recall_rows))
                 stats["recall_loss"] = float(r_loss.detach())
-                total = loss + cfg.recall_mix_weight * r_loss
+                total = total + cfg.recall_mix_weight * r_loss
             opt.zero_grad(set_to_none=True)
             total.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
