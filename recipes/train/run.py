@@ -388,6 +388,8 @@ def main(argv=None) -> int:
                    help="steps of captions of single chunks, after the text phase (default: the shipped run's, none)")
     r.add_argument("--chunk-caption-mix", type=int, default=None, metavar="CLIPS",
                    help="clips of single-chunk caption rows added to every clip step (default: none)")
+    r.add_argument("--vision-lr-scale", type=float, default=None, metavar="SCALE",
+                   help="the ViT's learning rate in the clip steps, relative to theirs (default: the shipped run's)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     r.add_argument("--phase1-from", type=Path, default=None,
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
@@ -498,6 +500,8 @@ def main(argv=None) -> int:
             cfg.chunk_caption_steps = args.chunk_captions
         if args.chunk_caption_mix is not None:
             cfg.chunk_caption_mix = args.chunk_caption_mix
+        if args.vision_lr_scale is not None:
+            cfg.vision_lr_scale = args.vision_lr_scale
         if args.clips is not None:
             cfg.train_bands = tuple((lo, hi, max(1, round(n * args.clips))) for lo, hi, n in cfg.train_bands)
         data = args.data / f"seed{args.seed}"
