@@ -361,7 +361,8 @@ def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AU
     return sorted(chunks, key=lambda c: c.sort_key())
 
 
-def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
+def answer_questions(omni, chunks, questions: list[str], *, choices=None, max_new_tokens: int = 512,
+                     batch: int = 16) -> list[str]:
     """Greedy answers to `questions` about one clip: the clip is prefilled once (a narrating model
     captions each chunk as it goes, OmniModel.read_chunk), then `answer_from` that session."""
     import torch
@@ -373,36 +374,73 @@ def answer_questions(omni, chunks, questions: list[str], *, max_new_tokens: int 
         session.prefill(omni.tokenizer.encode(stream_header()))
         for c in chunks:
             omni.read_chunk(session, c)
-        return answer_from(session, omni.tokenizer, questions, max_new_tokens=max_new_tokens, batch=batch)
+        return answer_from(session, omni.tokenizer, questions, choices=choices, max_new_tokens=max_new_tokens,
+                           batch=batch)
 
 
-def answer_from(session, tok, questions: list[str], *, max_new_tokens: int = 512, batch: int = 16) -> list[str]:
+def answer_from(session, tok, questions: list[str], *, choices=None, max_new_tokens: int = 512,
+                batch: int = 16) -> list[str]:
     """Greedy answers to `questions` about what `session` has read: each from a fork of it (the
-    question, the assistant header), `batch` forks decoded together (engine.generate.BatchDecoder)."""
+    question, the assistant header), `batch` forks decoded together (engine.generate.BatchDecoder).
+
+    With `choices` (a list of candidate answers for each question) the answer is guided to one of
+    them, as multiple-choice benchmarks score likelihoods (and vLLM's `guided_choice`): the
+    reasoning is decoded greedily up to `</think>` (written for it when the budget runs out), then
+    the candidate the model gives the highest log-likelihood, ended, is the answer."""
     import torch
 
     from app.engine_loop import question_tail
     from engine.generate import BatchDecoder, SamplingParams
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tuple(tok.eos_ids))
+    think_end = tok.token_id(THINK_END) if choices is not None else None
+    stop = tuple(tok.eos_ids) + ((think_end,) if think_end is not None else ())
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=stop)
     answers: list[str] = []
     with torch.inference_mode():
         for first in range(0, len(questions), batch):
             group = BatchDecoder(session.model)
-            out: dict[int, list[int]] = {}
+            forks, out, last = [], {}, {}
             for q in questions[first:first + batch]:
                 fork = session.fork()
                 ids = tok.encode(question_tail(q))
                 fork.check_room(len(ids) + 1)
                 fork.prefill(ids)
+                forks.append(fork)
                 out[id(fork)] = []
                 group.join(fork, params)
-            order = [id(s.session) for s in group.slots]
             while len(group):
                 for s, t in group.step():
-                    if t not in params.stop_ids:
+                    last[id(s)] = t
+                    if t not in stop:
                         out[id(s)].append(t)
-            answers += [tok.decode(out[k]) for k in order]
+            for k, fork in enumerate(forks):
+                text = tok.decode(out[id(fork)])
+                if choices is not None:
+                    if last.get(id(fork)) != think_end:
+                        fork.prefill([think_end])
+                    text += THINK_END + "\n" + best_choice(fork, tok, choices[first + k])
+                answers.append(text)
     return answers
+
+
+def best_choice(session, tok, candidates: list[str]) -> str:
+    """The candidate answer (written after `</think>` and a newline, then ended) that `session`
+    gives the highest log-likelihood; the first of equals."""
+    import torch
+
+    end = tok.token_id("<|im_end|>") if tok.has_token("<|im_end|>") else tok.eos_ids[0]
+    best, best_lp = candidates[0], -math.inf
+    for text in candidates:
+        ids = tok.encode("\n" + text) + [end]
+        logits = session.logits
+        if len(ids) > 1:
+            fork = session.fork()
+            fork.check_room(len(ids) - 1)
+            more = session.model(fork.state, input_ids=torch.tensor([ids[:-1]]), logits="all").logits[0]
+            logits = torch.cat([logits, more])
+        lp = float(torch.log_softmax(logits.float(), -1)[torch.arange(len(ids)), torch.tensor(ids)].sum())
+        if lp > best_lp:
+            best, best_lp = text, lp
+    return best
 
 
 def eval_arguments():
@@ -423,6 +461,9 @@ def eval_arguments():
                    help=f"audio chunk length in seconds (default {AUDIO_CLIP_S:g})")
     p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help=f"frames a video at most (default {MAX_FRAMES})")
     p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--guided-choice", action="store_true",
+                   help="answer with the option the model finds likeliest after its reasoning (as MMLU-style "
+                        "benchmarks score), not free text")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="end with one JSON object of the metrics on the last line")
@@ -431,8 +472,10 @@ def eval_arguments():
 
 
 def evaluate_items(omni, items: list[Item], data_path, *, media_root=None, evs_rate=None, fps=VIDEO_FPS,
-                   audio_clip_s=AUDIO_CLIP_S, max_frames=MAX_FRAMES, max_new_tokens=512, progress=True) -> dict:
-    """{question_id: output text} for `items`, one session per video, with a progress bar."""
+                   audio_clip_s=AUDIO_CLIP_S, max_frames=MAX_FRAMES, max_new_tokens=512, guided_choice=False,
+                   progress=True) -> dict:
+    """{question_id: output text} for `items`, one session per video, with a progress bar; with
+    `guided_choice`, each answer is one of its item's options (`answer_from`)."""
     import sys
 
     from tqdm import tqdm
@@ -446,6 +489,7 @@ def evaluate_items(omni, items: list[Item], data_path, *, media_root=None, evs_r
             chunks = media_chunks(omni, video, fps=fps, audio_clip_s=audio_clip_s, evs_rate=evs_rate,
                                   max_frames=max_frames)
             answers = answer_questions(omni, chunks, [question_prompt(it) for it in group],
+                                       choices=[list(it.options.values()) for it in group] if guided_choice else None,
                                        max_new_tokens=max_new_tokens)
             for it, text in zip(group, answers):
                 predictions[it.question_id] = text
@@ -476,7 +520,7 @@ def eval_command(args) -> int:
     omni = OmniModel.load(args.model)
     predictions = evaluate_items(omni, items, args.data, media_root=args.media_root, evs_rate=args.evs, fps=args.fps,
                                  audio_clip_s=args.audio_clip_seconds, max_frames=args.max_frames,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens, guided_choice=args.guided_choice)
     metrics = score(items, predictions)
     if args.predictions:
         args.predictions.write_text(json.dumps(predictions, indent=1) + "\n")

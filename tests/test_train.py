@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from app.engine_loop import question_tail, stream_header
-from app.evaluate import media_chunks, parse_item, question_prompt
+from app.evaluate import extract_choice, media_chunks, parse_item, question_prompt
 from app.timestamps import find_time_spans, format_seconds
 from engine.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 from fusion.omni import OmniModel
@@ -150,6 +150,41 @@ def test_eval_command_narrates_each_chunk_then_answers(data, tmp_path):
     assert tok.decode(out["prompt_ids"]).startswith(stream_header()) and "(heard:" in tok.decode(out["prompt_ids"])
     assert out["token_counts"]["video"] + out["token_counts"]["audio"] == sum(
         c.num_tokens for c in media_chunks(omni, folder / it["video"]))
+
+
+def test_guided_choice_answers_with_the_option_a_plain_session_scores_likeliest(data):
+    """`answer_from` with choices: the reasoning is the free greedy one up to `</think>` (written for
+    it when the budget runs out), the answer the option whose tokens, ended, a session that read the
+    whole text in one piece gives the highest log-likelihood."""
+    from app.evaluate import THINK_END, answer_from
+    from engine.generate import SamplingParams, Session, generate
+
+    folder, items, clips, tok, tok_dir = data
+    decoder = new_model(3, VOCAB_SIZE)[1]
+    context = tok.encode(stream_header()) + tok.encode(chunk_caption(clips[0].timeline, clips[0].meta[0]))
+    asked = [parse_item(it, "x") for it in items[:3]]
+    prompts = [question_prompt(it) for it in asked]
+    think_end, end = tok.token_id(THINK_END), tok.token_id("<|im_end|>")
+    with torch.inference_mode():
+        s = Session(decoder)
+        s.prefill(context)
+        got = answer_from(s, tok, prompts, choices=[list(it.options.values()) for it in asked], max_new_tokens=6)
+        for it, q, answer in zip(asked, prompts, got):
+            f = Session(decoder)
+            f.prefill(context + tok.encode(question_tail(q)))
+            params = SamplingParams(max_new_tokens=6, temperature=0.0, stop_ids=tuple(tok.eos_ids) + (think_end,))
+            reasoning = [t for t in generate(f, params) if t not in params.stop_ids]
+            head = context + tok.encode(question_tail(q)) + reasoning + [think_end]
+            scores = []
+            for text in it.options.values():
+                ids = tok.encode("\n" + text) + [end]
+                whole = Session(decoder)
+                logits = decoder(whole.state, input_ids=torch.tensor([head + ids]), logits="all").logits[0]
+                lp = torch.log_softmax(logits[len(head) - 1:-1].float(), -1)
+                scores.append(float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum()))
+            best = list(it.options.values())[max(range(len(scores)), key=scores.__getitem__)]
+            assert answer == tok.decode(reasoning) + THINK_END + "\n" + best
+            assert extract_choice(answer, it.options) in it.options
 
 
 def test_shared_prefix_batch_equals_separate_sequences(data):

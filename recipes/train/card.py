@@ -14,28 +14,33 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+# metrics["eval"][set] keys: (EVS, how the answer is read); guided: the likeliest option after the reasoning
+EVAL_COLUMNS = (("evs_off", "off", "free"), ("evs_0.7", "0.7", "free"), ("evs_off_guided", "off", "guided choice"))
+
+
 def _eval_table(ev: dict) -> list[str]:
-    rows = ["| held-out set | EVS | items | accuracy | R@1 IoU 0.3 | R@1 IoU 0.5 | R@1 IoU 0.7 | mIoU |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| held-out set | EVS | answer | items | accuracy | R@1 IoU 0.3 | R@1 IoU 0.5 | R@1 IoU 0.7 | mIoU |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for section, title in (("heldout", "20 s – 3 min"), ("heldout_2x_length", "6 min (2x the longest training clip)")):
-        for evs, label in (("evs_off", "off"), ("evs_0.7", "0.7")):
-            m = ev.get(section, {}).get(evs)
+        for key, evs, answer in EVAL_COLUMNS:
+            m = ev.get(section, {}).get(key)
             if m:
                 miou = "–" if m["miou"] is None else f"{m['miou']:.3f}"
-                rows.append(f"| {title} | {label} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['r1_iou_0.3'])} | "
+                rows.append(f"| {title} | {evs} | {answer} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['r1_iou_0.3'])} | "
                             f"{_pct(m['r1_iou_0.5'])} | {_pct(m['r1_iou_0.7'])} | {miou} |")
     return rows
 
 
 def _skill_table(ev: dict) -> list[str]:
-    cols = [(s, e) for s in ("heldout", "heldout_2x_length") for e in ("evs_off", "evs_0.7") if ev.get(s, {}).get(e)]
+    cols = [(s, key, f"EVS {evs}" + (", guided" if answer != "free" else "")) for s in ("heldout", "heldout_2x_length")
+            for key, evs, answer in EVAL_COLUMNS if ev.get(s, {}).get(key)]
     names = {"heldout": "≤ 3 min", "heldout_2x_length": "6 min"}
-    head = "| skill | " + " | ".join(f"{names[s]}, EVS {'off' if e == 'evs_off' else '0.7'}" for s, e in cols) + " |"
+    head = "| skill | " + " | ".join(f"{names[s]}, {label}" for s, _, label in cols) + " |"
     rows = [head, "|---" * (len(cols) + 1) + "|"]
-    skills = list(dict.fromkeys(k for s, e in cols for k in ev[s][e]["per_skill"]))    # score()'s MMOU order
+    skills = list(dict.fromkeys(k for s, e, _ in cols for k in ev[s][e]["per_skill"]))    # score()'s MMOU order
     for skill in skills:
         cells = []
-        for s, e in cols:
+        for s, e, _ in cols:
             acc, n = ev[s][e]["per_skill"].get(skill), ev[s][e]["per_skill_n"].get(skill)
             cells.append("–" if acc is None else f"{_pct(acc)} ({n})")
         rows.append(f"| {skill} | " + " | ".join(cells) + " |")

@@ -57,15 +57,15 @@ def heldout_set(folder: Path, seed: int, clips: int, lo: float, hi: float, per_c
     return path
 
 
-def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None) -> dict:
-    """`python -m app eval --model model_dir --data data [--evs rate]`, in process."""
+def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None, guided_choice: bool = False) -> dict:
+    """`python -m app eval --model model_dir --data data [--evs rate] [--guided-choice]`, in process."""
     from app.evaluate import evaluate_items, load_items, score
     from fusion.omni import OmniModel
 
     omni = OmniModel.load(model_dir)
     items = load_items(data)
     t = time.perf_counter()
-    preds = evaluate_items(omni, items, data, evs_rate=evs_rate)
+    preds = evaluate_items(omni, items, data, evs_rate=evs_rate, guided_choice=guided_choice)
     m = score(items, preds)
     m["seconds"] = round(time.perf_counter() - t, 1)
     return m
@@ -322,11 +322,13 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                            2 * cfg.longest_train_s, cfg.eval_questions_per_clip, cfg.workers)
         metrics["eval"] = {
             "heldout": {"data": f"seed {cfg.seed + 2000}: {cfg.eval_clips} clips of 20-{cfg.longest_train_s:g} s",
-                        "evs_off": evaluate_set(out, short, 0.0), f"evs_{EVS_EVAL_RATE}": evaluate_set(out, short, EVS_EVAL_RATE)},
+                        "evs_off": evaluate_set(out, short, 0.0), f"evs_{EVS_EVAL_RATE}": evaluate_set(out, short, EVS_EVAL_RATE),
+                        "evs_off_guided": evaluate_set(out, short, 0.0, guided_choice=True)},
             "heldout_2x_length": {"data": f"seed {cfg.seed + 3000}: {cfg.eval_long_clips} clips of "
                                           f"{2 * cfg.longest_train_s:g} s",
                                   "evs_off": evaluate_set(out, long, 0.0),
-                                  f"evs_{EVS_EVAL_RATE}": evaluate_set(out, long, EVS_EVAL_RATE)},
+                                  f"evs_{EVS_EVAL_RATE}": evaluate_set(out, long, EVS_EVAL_RATE),
+                                  "evs_off_guided": evaluate_set(out, long, 0.0, guided_choice=True)},
         }
         metrics["eval"]["narration"] = {"data": metrics["eval"]["heldout"]["data"],
                                         **narration_accuracy(out, short.parent)}
