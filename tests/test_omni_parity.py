@@ -5,6 +5,8 @@ A tiny random `NemotronH_Omni_Reasoning_V3` is written by transformers; we load 
 after EVS), the last-position logits (fp32, 1e-4) and 8 greedy tokens must match. transformers'
 decoder input is captured where its model hands it to the language model, so every step of its
 own forward (processor, towers, scatter, EVS pruning) is the reference.
+The other way round, the bundled model's format (the checkpoint recipes/train writes) loads in
+transformers and answers a demo clip as our engine does.
 """
 
 from __future__ import annotations
@@ -190,3 +192,78 @@ def test_text_checkpoint_has_no_towers(tmp_path):
         omni.embed_audio(torch.zeros(16000))
     assert isinstance(omni.prepare("hello", []).ids, list)
     assert MediaEmbedding("audio", torch.zeros(3, 4)).num_tokens == 3
+
+
+def _recipe_checkpoint(path):
+    """The bundled model if it is the trained Omni one, else a checkpoint in the same format: the
+    recipe's model at its seeded initialization, with a tokenizer trained on the demo corpus."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bundled = root / "assets" / "default-model"
+    if "vision_config" in json.loads((bundled / "config.json").read_text()):
+        return bundled
+    from engine.tokenizer import train_tokenizer
+    from recipes.train.config import VOCAB_SIZE, WHOLE_NUMBERS
+    from recipes.train.data import corpus_texts
+    from recipes.train.model import new_model, save_omni
+    demo = root / "assets" / "demo"
+    timelines = [json.loads(p.read_text()) for p in sorted((demo / "timelines").glob("*.json"))]
+    train_tokenizer(path, corpus_texts(json.loads((demo / "questions.json").read_text()), timelines),
+                    vocab_size=VOCAB_SIZE, repeat=1, whole_numbers=WHOLE_NUMBERS)
+    raw, decoder, vision, audio = new_model(0, VOCAB_SIZE)
+    save_omni(path, raw, decoder, vision, audio)
+    return path
+
+
+def test_the_recipes_checkpoint_answers_a_demo_clip_as_transformers_does(tmp_path):
+    """The bundled model's format (recipes/train writes it) loads in transformers'
+    NemotronH_Omni_Reasoning_V3 with its processor, every tensor used, and on a demo clip (8 frames,
+    its 33 s of audio as two clips) both build the same decoder input and answer the same greedily."""
+    import json
+    from pathlib import Path
+
+    from hf_oracle import import_torchvision
+    import_torchvision()
+    from transformers import AutoProcessor, NemotronH_Omni_Reasoning_V3
+
+    from app.evaluate import parse_item, question_prompt
+    from encoders.media import load_audio, probe, sample_video
+
+    model_dir = _recipe_checkpoint(tmp_path)
+    hf, info = NemotronH_Omni_Reasoning_V3.from_pretrained(model_dir, output_loading_info=True)
+    assert not any(info.values()), info
+    hf.eval()
+    proc = AutoProcessor.from_pretrained(model_dir)
+    omni = OmniModel.load(model_dir)
+
+    demo = Path(__file__).resolve().parent.parent / "assets" / "demo"
+    item = json.loads((demo / "questions.json").read_text())[0]
+    clip = demo / item["video"]
+    meta = probe(clip)
+    frames = sample_video(clip, num_frames=meta.num_frames).frames.numpy()
+    wave = load_audio(clip).numpy()
+    assert len(wave) > 480000                                       # more than one 30 s audio clip
+    question = question_prompt(parse_item(item, "demo item"))
+    out = proc(text=HEAD + "<video>\n" + "<so_embedding>" * 2 + "\n" + question + TAIL, videos=[frames],
+               audio=[wave[:480000], wave[480000:]], return_tensors="pt", do_sample_frames=True, num_frames=8,
+               video_metadata=[{"total_num_frames": len(frames), "fps": meta.avg_fps, "width": meta.width,
+                                "height": meta.height, "duration": meta.duration}])
+    captured = {}
+    hook = hf.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hf(**out)
+    finally:
+        hook.remove()
+    idx = [int(i) for i in np.arange(8) * len(frames) // 8]         # num_frames=8, as the reference samples
+    media = [omni.embed_video(torch.from_numpy(frames[idx]), idx, meta.avg_fps, evs_rate=0.0),
+             omni.embed_audio(torch.from_numpy(wave))]
+    inp, embeds, logits, toks = _ours(omni, HEAD + "<video>\n<so_embedding>\n" + question + TAIL, media)
+    assert inp.ids == out["input_ids"][0].tolist()
+    assert (embeds - captured["embeds"][0]).abs().max() <= 1e-4
+    hf_logits, hf_toks = _hf_greedy(hf, captured["embeds"][0])
+    assert (logits - hf_logits).abs().max() <= 1e-4
+    assert toks == hf_toks
