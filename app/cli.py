@@ -118,7 +118,7 @@ def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], di
     import torch
     from tqdm import tqdm
 
-    from app.engine_loop import question_tail, stream_header
+    from fusion.prompt import question_tail, stream_header
     from app.evaluate import MAX_FRAMES, VIDEO_FPS, media_chunks
 
     if args.image or args.raw or args.video_audio or args.num_frames is not None:

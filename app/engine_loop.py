@@ -24,23 +24,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from engine.generate import BatchDecoder, SamplingParams, Session
-from engine.tokenizer import THINK_END, ReasoningBudget, build_chat_prompt
-from fusion.stream import EmbeddingChunk, Narration, chunk_input, narrate
-
-_MARK = "\x00"     # stands for the stream's media while the chat template renders around it
-
-
-def stream_header(instructions: str = "") -> str:
-    """The text before a session's media: system turn, then the open user turn."""
-    text = build_chat_prompt([{"role": "system", "content": instructions.replace(_MARK, "")},
-                              {"role": "user", "content": _MARK}])
-    return text.split(_MARK)[0]
-
-
-def question_tail(question: str = "", reasoning: bool = True) -> str:
-    """The text after a session's media: the question, the end of the user turn, the assistant header."""
-    text = build_chat_prompt([{"role": "user", "content": _MARK + question.replace(_MARK, "")}], reasoning=reasoning)
-    return text.split(_MARK)[1]
+from engine.tokenizer import THINK_END, ReasoningBudget
+from fusion.stream import EmbeddingChunk, Narration, Narrator, chunk_input
 
 
 class EngineError(ValueError):
@@ -126,6 +111,7 @@ class EngineLoop:
                  prefill_tokens_per_step: int = 2048, narration: Narration | None = None):
         self.decoder, self.tokenizer = decoder, tokenizer
         self.narration = narration          # a narrating model captions each chunk (fusion.stream.narrate)
+        self._narrator = Narrator(decoder, tokenizer, narration) if narration is not None else None
         self.placeholder = {"image": image_token_id, "video": image_token_id, "audio": audio_token_id}
         self.inbox: asyncio.Queue = asyncio.Queue(max_inbox)
         self.prefill_tokens_per_step = prefill_tokens_per_step
@@ -250,7 +236,7 @@ class EngineLoop:
                 stream.chunks += 1
                 self.prefilled_chunks += 1
                 if self.narration is not None:
-                    caption = narrate(stream.session, piece, self.tokenizer, self.narration)
+                    caption = self._narrator(stream.session, piece, x)
                     stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
                     if caption and stream.on_caption is not None:
                         out.append(lambda c=piece, t=caption: stream.on_caption(c, t))

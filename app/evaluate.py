@@ -367,7 +367,7 @@ def answer_questions(omni, chunks, questions: list[str], *, choices=None, max_ne
     captions each chunk as it goes, OmniModel.read_chunk), then `answer_from` that session."""
     import torch
 
-    from app.engine_loop import stream_header
+    from fusion.prompt import stream_header
     from engine.generate import Session
     with torch.inference_mode():
         session = Session(omni.decoder)
@@ -389,7 +389,7 @@ def answer_from(session, tok, questions: list[str], *, choices=None, max_new_tok
     the candidate the model gives the highest log-likelihood, ended, is the answer."""
     import torch
 
-    from app.engine_loop import question_tail
+    from fusion.prompt import question_tail
     from engine.generate import BatchDecoder, SamplingParams
     think_end = tok.token_id(THINK_END) if choices is not None else None
     stop = tuple(tok.eos_ids) + ((think_end,) if think_end is not None else ())

@@ -33,8 +33,9 @@ import torch
 
 from engine.generate import SamplingParams
 from engine.tokenizer import StreamDecoder
+from fusion.prompt import question_tail, stream_header
 
-from .engine_loop import ResponseRequest, question_tail, stream_header
+from .engine_loop import ResponseRequest
 from .link import Control, Media, PoolError
 from .timestamps import SpanStream
 from .vad import TurnDetector, make_scorer

@@ -18,7 +18,7 @@ from engine.loader import checkpoint_dtype, load_decoder, open_checkpoint
 from engine.tokenizer import Tokenizer
 from kernels.evs import evs_retention_mask
 
-from .stream import EmbeddingChunk, Narration, chunk_input, narrate
+from .stream import EmbeddingChunk, Narration, Narrator, chunk_input
 from .prompt import IMAGE_TOKEN, AUDIO_TOKEN, MediaEmbedding, OmniInput, build_input, video_frame_labels
 
 
@@ -57,6 +57,7 @@ class OmniModel:
     def __init__(self, decoder, tokenizer: Tokenizer, settings: OmniSettings, vision=None, audio=None):
         self.decoder, self.tokenizer, self.settings = decoder, tokenizer, settings
         self.vision, self.audio = vision, audio
+        self.narrator = Narrator(decoder, tokenizer, settings.narration) if settings.narration is not None else None
 
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -127,7 +128,7 @@ class OmniModel:
         session.check_room(x.shape[0])
         session.prefill(embeds=x)
         ids = self.tokenizer.encode(chunk.text())
-        caption = narrate(session, chunk, self.tokenizer, self.settings.narration) if self.settings.narration else ""
+        caption = self.narrator(session, chunk, x) if self.narrator is not None else ""
         return ids + (self.tokenizer.encode(caption) if caption else []), caption
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.tokenizer import build_chat_prompt
+
 IMAGE_TOKEN, VIDEO_TOKEN, AUDIO_TOKEN = "<image>", "<video>", "<so_embedding>"
 IMG_START, IMG_END, SO_START, SO_END = "<img>", "</img>", "<so_start>", "<so_end>"
 PLACEHOLDERS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "audio": AUDIO_TOKEN}
@@ -178,3 +180,21 @@ def build_input(tokenizer, text: str, media: list[MediaEmbedding], *, image_toke
             raise PromptError(f"the prompt text holds {len(where[tid]) - n} placeholder token(s) id {tid} "
                               "that belong to no medium")
     return OmniInput(ids, list(media), positions)
+
+
+# ---- the streaming layout's text: a session is stream_header(), its chunks, then question_tail(q) ----
+
+_MARK = "\x00"     # stands for the stream's media while the chat template renders around it
+
+
+def stream_header(instructions: str = "") -> str:
+    """The text before a session's media: system turn, then the open user turn."""
+    text = build_chat_prompt([{"role": "system", "content": instructions.replace(_MARK, "")},
+                              {"role": "user", "content": _MARK}])
+    return text.split(_MARK)[0]
+
+
+def question_tail(question: str = "", reasoning: bool = True) -> str:
+    """The text after a session's media: the question, the end of the user turn, the assistant header."""
+    text = build_chat_prompt([{"role": "user", "content": _MARK + question.replace(_MARK, "")}], reasoning=reasoning)
+    return text.split(_MARK)[1]

@@ -82,11 +82,15 @@ def audio_chunk_label(t0: float, t1: float) -> str:
 class Narration:
     """How a narrating model captions each chunk (config.json `stream_narration`): `prefix` opens
     the caption of a chunk of that modality, the model writes what it holds up to `close`, and
-    the caption ends `close + " "`; at most `max_new_tokens` generated."""
+    the caption ends `close + " "`; at most `max_new_tokens` generated. `context` is what the
+    caption is written from: "session", the stream so far; "chunk", the chunk read alone after
+    the stream header (`Narrator`), as the default model's single-chunk training rows are. Either
+    way the caption is then appended to the session, and questions read it there."""
 
     prefix: dict
     close: str = ")"
     max_new_tokens: int = 48
+    context: str = "session"
 
     def caption(self, modality: str, things: list[str]) -> str:
         """The caption of a chunk holding `things` (the training target; `narrate` writes the same)."""
@@ -105,14 +109,45 @@ class Narration:
         if not isinstance(close, str) or not close or not isinstance(limit, int) or not 1 <= limit <= 512:
             raise ValueError(f"{source}: stream_narration needs a non-empty close text and max_new_tokens in "
                              f"1..512, got {close!r}, {limit!r}")
-        return cls(dict(prefix), close, limit)
+        context = raw.get("context", "session")
+        if context not in ("session", "chunk"):
+            raise ValueError(f"{source}: stream_narration.context must be \"session\" or \"chunk\", got {context!r}")
+        return cls(dict(prefix), close, limit, context)
 
 
-def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> str:
+class Narrator:
+    """Captions a narrating model writes of its stream's chunks (`narrate`). With `context` "chunk"
+    each caption is written from a fork of a session that holds only the stream header (prefilled
+    on first use), with the chunk's input after it: in the stream's own session the default model
+    copies its earlier captions, read alone it names what the chunk holds."""
+
+    def __init__(self, model, tokenizer, narration: Narration):
+        self.model, self.tokenizer, self.narration = model, tokenizer, narration
+        self._header = None
+
+    def __call__(self, session, chunk: EmbeddingChunk, chunk_embeds: torch.Tensor) -> str:
+        """`narrate` after `chunk` (its decoder input `chunk_embeds`, chunk_input's (L, D)) was
+        prefilled into `session`."""
+        reader = None
+        if self.narration.context == "chunk":
+            if self._header is None:
+                from engine.generate import Session
+
+                from .prompt import stream_header
+                self._header = Session(self.model)
+                self._header.prefill(self.tokenizer.encode(stream_header()))
+            reader = self._header.fork()
+            reader.check_room(chunk_embeds.shape[0])
+            reader.prefill(embeds=chunk_embeds)
+        return narrate(session, chunk, self.tokenizer, self.narration, reader)
+
+
+def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration, reader=None) -> str:
     """After `chunk` was prefilled into `session`: the model's greedy caption of it, appended to
     the session as text (tokenized as training tokenized it); returns the caption ("" for a
-    modality the model does not narrate). The caption is written on a fork, so the tokens
-    appended are exactly `tokenizer.encode(caption)`."""
+    modality the model does not narrate). The caption is written on a fork of `reader` (default:
+    `session`; `Narrator` passes the chunk read alone for `context` "chunk"), so the tokens appended are
+    exactly `tokenizer.encode(caption)`."""
     from engine.generate import SamplingParams, generate
 
     if chunk.modality not in narration.prefix:
@@ -120,7 +155,7 @@ def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration) -> 
     # The opening without its trailing space: byte-level BPE puts a word's space in the word's
     # token (" a", " bell"), so "(heard: " + " a" would never have been seen in training.
     head = narration.prefix[chunk.modality].rstrip()
-    fork = session.fork()
+    fork = (session if reader is None else reader).fork()
     fork.prefill(tokenizer.encode(head))
     params = SamplingParams(max_new_tokens=narration.max_new_tokens, temperature=0.0,
                             stop_ids=tuple(tokenizer.eos_ids))

@@ -4,6 +4,7 @@ engine loop's batched answers, the VAD."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 
 import numpy as np
@@ -11,12 +12,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from app.engine_loop import EngineLoop, ResponseRequest, question_tail, stream_header
+from app.engine_loop import EngineLoop, ResponseRequest
 from app.link import (Control, EncoderPool, LinkError, LinkLimits, Media, PoolError, pack, queue_link, unpack)
 from app.vad import EnergyVAD, TurnDetector, make_scorer, silero_model_path
 from engine.generate import SamplingParams, Session, generate
 from engine.loader import load_decoder
 from engine.tokenizer import Tokenizer
+from fusion.prompt import question_tail, stream_header
 from fusion.stream import EmbeddingChunk, Narration, chunk_input, narrate
 
 DEFAULT = "assets/default-model"
@@ -216,21 +218,28 @@ def test_narration_config_is_checked():
     assert Narration.from_dict(None) is None
     n = Narration.from_dict({"prefix": {"audio": "(heard: "}, "close": ")", "max_new_tokens": 8})
     assert n.caption("audio", ["a bell", "a tone"]) == "(heard: a bell; a tone) " and n.caption("audio", []) == "(heard: nothing) "
+    assert n.context == "session" and Narration.from_dict({"prefix": {"audio": "x"}, "context": "chunk"}).context == "chunk"
     for bad in ({"prefix": {"smell": "(sniffed: "}}, {"prefix": {}}, {"prefix": {"audio": "x"}, "max_new_tokens": 0},
-                {"prefix": {"audio": "x"}, "close": ""}, "yes"):
+                {"prefix": {"audio": "x"}, "close": ""}, {"prefix": {"audio": "x"}, "context": "clip"}, "yes"):
         with pytest.raises(ValueError, match="stream_narration"):
             Narration.from_dict(bad, "cfg.json")
 
 
-def test_a_narrating_engine_captions_each_chunk_before_answering(model):
+@pytest.mark.parametrize("context", ["session", "chunk"])
+def test_a_narrating_engine_captions_each_chunk_before_answering(model, context):
+    """Each chunk is followed by the model's caption, written from the session so far or, with
+    context "chunk", from the chunk read alone after the plain stream header (the session's own
+    header here has instructions); the answer reads the captions."""
     dec, tok = model
-    chunks = [EmbeddingChunk("s", m, t, t + 2.0, f"{m} {t}: ", torch.randn(4, dec.cfg.hidden_size) * 0.5, k)
-              for k, (m, t) in enumerate([("video", 0.0), ("audio", 0.0)])]
+    narration = dataclasses.replace(NARRATION, context=context)
+    g = torch.Generator().manual_seed(1)
+    chunks = [EmbeddingChunk("s", m, t, t + 2.0, f"{m} {t}: ", torch.randn(4, dec.cfg.hidden_size, generator=g) * 0.5, k)
+              for k, (m, t) in enumerate([("video", 0.0), ("audio", 0.0), ("video", 2.0)])]
 
     async def main():
-        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27, narration=NARRATION)
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27, narration=narration)
         await e.start()
-        await e.open_session("s", stream_header(), print)
+        await e.open_session("s", stream_header("be brief"), print)
         for c in chunks:
             await e.append("s", c)
         h = await e.respond(ResponseRequest("r", "s", question_tail("what?"), SamplingParams(max_new_tokens=8)))
@@ -242,11 +251,17 @@ def test_a_narrating_engine_captions_each_chunk_before_answering(model):
     out, stats = asyncio.run(main())
     ref = Session(dec)
     with torch.inference_mode():
-        ref.prefill(tok.encode(stream_header()))
+        ref.prefill(tok.encode(stream_header("be brief")))
         captions = []
         for c in chunks:
-            ref.prefill(embeds=chunk_input(c, tok, dec.embed, 18 if c.modality == "video" else 27))
-            captions.append(narrate(ref, c, tok, NARRATION))
+            x = chunk_input(c, tok, dec.embed, 18 if c.modality == "video" else 27)
+            ref.prefill(embeds=x)
+            alone = None
+            if context == "chunk":
+                alone = Session(dec)
+                alone.prefill(tok.encode(stream_header()))
+                alone.prefill(embeds=x)
+            captions.append(narrate(ref, c, tok, narration, alone))
         ref.prefill(tok.encode(question_tail("what?")))
         assert out == list(generate(ref, SamplingParams(max_new_tokens=8, stop_ids=tuple(tok.eos_ids))))
     assert [c[3] for c in stats["captions"]["s"]] == captions

@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.engine_loop import question_tail, stream_header
 from app.evaluate import extract_choice, media_chunks, parse_item, question_prompt
 from app.timestamps import find_time_spans, format_seconds
 from engine.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 from fusion.omni import OmniModel
+from fusion.prompt import question_tail, stream_header
 from recipes.train.config import VOCAB_SIZE, WHOLE_NUMBERS, TrainConfig
 from recipes.train.data import chunk_caption, corpus_texts, load_clip, make_clips, prompt_and_target, timeline_target
 from recipes.train.model import new_model, save_omni

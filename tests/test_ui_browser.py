@@ -118,7 +118,7 @@ def ui(browser, server):
 
 def text_tokens(server, question: str, reasoning: bool = True) -> int:
     """Tokens of a session with no media: the stream header and the question's tail."""
-    from app.engine_loop import question_tail, stream_header
+    from fusion.prompt import question_tail, stream_header
     from engine.tokenizer import Tokenizer
     tok = Tokenizer.from_dir(server.model_dir)
     return len(tok.encode(stream_header(""))) + len(tok.encode(question_tail(question, reasoning)))

@@ -289,7 +289,7 @@ def timeline_prompt_and_target(timeline: dict) -> tuple[str, str]:
 
 def corpus_texts(items: list[dict], timelines: list[dict]) -> list[str]:
     """What the tokenizer is trained on: questions with their options, targets, and every label."""
-    from app.engine_loop import question_tail, stream_header
+    from fusion.prompt import question_tail, stream_header
     from fusion.stream import audio_chunk_label
     from app.encoder_service import frame_label
 

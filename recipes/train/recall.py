@@ -156,7 +156,7 @@ def recall_probe(pattern: str | None, stages: list[tuple], lr: float, seed: int,
 def chat_gap(tok) -> tuple:
     """A run's gap ids: what its tokenizer puts between a question's last word and the answer's first
     span number (the end of the user turn, the assistant header, `<think>\n<t>`)."""
-    from app.engine_loop import question_tail
+    from fusion.prompt import question_tail
 
     return tuple(tok.encode(question_tail("") + "<t>"))
 

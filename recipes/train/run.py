@@ -88,7 +88,7 @@ def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
     `show` (a text stream) gets three lines a chunk: which chunk, its gold caption, the model's own."""
     import torch
 
-    from app.engine_loop import stream_header
+    from fusion.prompt import stream_header
     from app.evaluate import media_chunks
     from engine.generate import Session
     from fusion.omni import OmniModel

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from app.encoder_service import frame_label
-from app.engine_loop import question_tail, stream_header
+from fusion.prompt import question_tail, stream_header
 from fusion.stream import IMG_END, IMG_START, SO_END, SO_START, audio_chunk_label
 
 from .data import chain_rows, chunk_caption, lookup_rows, prompt_and_target

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from app.engine_loop import question_tail, stream_header
 from engine.model import MoE, NemotronH
 from engine.state import State
+from fusion.prompt import question_tail, stream_header
 from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
