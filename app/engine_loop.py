@@ -110,8 +110,7 @@ class EngineLoop:
     def __init__(self, decoder, tokenizer, *, image_token_id: int, audio_token_id: int, max_inbox: int = 256,
                  prefill_tokens_per_step: int = 2048, narration: Narration | None = None):
         self.decoder, self.tokenizer = decoder, tokenizer
-        self.narration = narration          # a narrating model captions each chunk (fusion.stream.narrate)
-        self._narrator = Narrator(decoder, tokenizer, narration) if narration is not None else None
+        self.narration = narration          # a narrating model captions each chunk (fusion.stream.Narrator)
         self.placeholder = {"image": image_token_id, "video": image_token_id, "audio": audio_token_id}
         self.inbox: asyncio.Queue = asyncio.Queue(max_inbox)
         self.prefill_tokens_per_step = prefill_tokens_per_step
@@ -126,6 +125,14 @@ class EngineLoop:
         self._task: asyncio.Task | None = None
         self.steps = 0
         self.prefilled_chunks = 0
+
+    @property
+    def narration(self) -> Narration | None:
+        return self._narrator.narration if self._narrator is not None else None
+
+    @narration.setter
+    def narration(self, narration: Narration | None) -> None:
+        self._narrator = Narrator(self.decoder, self.tokenizer, narration) if narration is not None else None
 
     # ---- the asyncio side ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -235,7 +242,7 @@ class EngineLoop:
                 stream.session.prefill(embeds=x)
                 stream.chunks += 1
                 self.prefilled_chunks += 1
-                if self.narration is not None:
+                if self._narrator is not None:
                     caption = self._narrator(stream.session, piece, x)
                     stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
                     if caption and stream.on_caption is not None:
