@@ -15,7 +15,8 @@ def _pct(v) -> str:
 
 
 # metrics["eval"][set] keys: (EVS, how the answer is read); guided: the likeliest option after the reasoning
-EVAL_COLUMNS = (("evs_off", "off", "free"), ("evs_0.7", "0.7", "free"), ("evs_off_guided", "off", "guided choice"))
+EVAL_COLUMNS = (("evs_off", "off", "free"), ("evs_0.7", "0.7", "free"), ("evs_off_guided", "off", "guided choice"),
+                ("evs_0.7_guided", "0.7", "guided choice"))
 
 
 def _eval_table(ev: dict) -> list[str]:
@@ -49,6 +50,11 @@ def _skill_table(ev: dict) -> list[str]:
 
 def _phase_line(ph: dict, cfg: dict) -> str | None:
     """The card's line for a phase before the clips (None for the clip phases), in the run's order."""
+    if ph["phase"] == "vision" and "held_out_after" not in ph:
+        return (f"- The ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
+                f"each object's colour and shape or word its labels, {ph['seconds'] / 60:.1f} min; loss "
+                f"{ph['first_loss']:.3f} at the first step, {ph['final_loss']:.3f} over the last 20 (held-out figures "
+                f"not recorded: {ph.get('held_out_lost', 'unknown why')}).")
     if ph["phase"] == "vision":
         after, before = ph["held_out_after"], ph["held_out_before"]
         return (f"- The ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
@@ -92,7 +98,7 @@ def model_card(metrics: dict) -> str:
         "nothing of the real world.",
         "",
         "Loads with omnistream (`OmniModel.load`) and with transformers' `NemotronH_Omni_Reasoning_V3`",
-        "(`tests/test_default_model.py` checks both give the same greedy answer).",
+        "(`tests/test_omni_parity.py` checks both give the same greedy answer on a demo clip).",
         "",
         "## Model",
         f"- Decoder: NemotronH, pattern `{m['pattern']}` (Mamba2 `M`, MoE `E`, attention `*`), "
@@ -144,6 +150,7 @@ def model_card(metrics: dict) -> str:
     else:
         lines += ["(no held-out evaluation in this run)", ""]
     lines += [
+        *(["## How this file was made", metrics["recovered"], ""] if metrics.get("recovered") else []),
         "## Reproduce",
         "    make train-default      # python -m recipes.train run --out assets/default-model --seed 0",
         "",

@@ -323,12 +323,15 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
         metrics["eval"] = {
             "heldout": {"data": f"seed {cfg.seed + 2000}: {cfg.eval_clips} clips of 20-{cfg.longest_train_s:g} s",
                         "evs_off": evaluate_set(out, short, 0.0), f"evs_{EVS_EVAL_RATE}": evaluate_set(out, short, EVS_EVAL_RATE),
-                        "evs_off_guided": evaluate_set(out, short, 0.0, guided_choice=True)},
+                        "evs_off_guided": evaluate_set(out, short, 0.0, guided_choice=True),
+                        f"evs_{EVS_EVAL_RATE}_guided": evaluate_set(out, short, EVS_EVAL_RATE, guided_choice=True)},
             "heldout_2x_length": {"data": f"seed {cfg.seed + 3000}: {cfg.eval_long_clips} clips of "
                                           f"{2 * cfg.longest_train_s:g} s",
                                   "evs_off": evaluate_set(out, long, 0.0),
                                   f"evs_{EVS_EVAL_RATE}": evaluate_set(out, long, EVS_EVAL_RATE),
-                                  "evs_off_guided": evaluate_set(out, long, 0.0, guided_choice=True)},
+                                  "evs_off_guided": evaluate_set(out, long, 0.0, guided_choice=True),
+                                  f"evs_{EVS_EVAL_RATE}_guided": evaluate_set(out, long, EVS_EVAL_RATE,
+                                                                              guided_choice=True)},
         }
         metrics["eval"]["narration"] = {"data": metrics["eval"]["heldout"]["data"],
                                         **narration_accuracy(out, short.parent)}
@@ -387,9 +390,9 @@ def main(argv=None) -> int:
     r.add_argument("--minutes", type=float, default=None, help="stop the loop after this many minutes")
     r.add_argument("--clips", type=float, default=None, help="scale the number of training clips (e.g. 0.1)")
     r.add_argument("--chunk-captions", type=int, default=None, metavar="STEPS",
-                   help="steps of captions of single chunks, after the text phase (default: the shipped run's, none)")
+                   help="steps of captions of single chunks, after the text phase (default: the shipped run's)")
     r.add_argument("--chunk-caption-mix", type=int, default=None, metavar="CLIPS",
-                   help="clips of single-chunk caption rows added to every clip step (default: none)")
+                   help="clips of single-chunk caption rows added to every clip step (default: the shipped run's)")
     r.add_argument("--vision-lr-scale", type=float, default=None, metavar="SCALE",
                    help="the ViT's learning rate in the clip steps, relative to theirs (default: the shipped run's)")
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
