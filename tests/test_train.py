@@ -427,8 +427,8 @@ def test_learning_rate_scales_of_the_projectors_and_the_vit(data, tmp_path, froz
     vision_lr_scale=0 leaves the ViT (not mlp1) as initialized; the conformer is frozen."""
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
-                      val_clips=1, recall_stages=(), vision_steps=0, text_steps=0,
-                      projector_lr_scale=0.0 if frozen == "projectors" else 1.0,
+                      val_clips=1, recall_stages=(), vision_steps=0, text_steps=0, chunk_caption_steps=0,
+                      chunk_caption_mix=0, projector_lr_scale=0.0 if frozen == "projectors" else 1.0,
                       vision_lr_scale=0.0 if frozen == "vit" else 1.0)
     run(tmp_path / "m", cfg, folder / "run", evaluate=False, progress=False)
     raw, decoder, vision, audio = new_model(5, VOCAB_SIZE)

@@ -37,7 +37,11 @@ AUDIO = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, interm
              scale_input=False, projection_hidden_size=512, projection_bias=False)
 PROJECTOR_HIDDEN = 512
 # The model narrates its stream (fusion.stream.Narration): after each chunk, what it holds.
-NARRATION = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 96}
+# Each caption is written from its chunk read alone after the stream header ("context": "chunk"), as the
+# single-chunk rows train it: the tenth run's held-out video captions were 86.6% precise that way and
+# 42.9% in the session (which copies earlier captions); audio 96.1% and 68.3%.
+NARRATION = {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")", "max_new_tokens": 96,
+             "context": "chunk"}
 VIDEO_TARGET_PATCHES = 80      # 320x240 frames -> 8x10 patches -> 20 tokens a tubelet after pixel shuffle
 IMAGE_PATCHES = (64, 256)      # min / max patches of an image
 VOCAB_SIZE = 1536
@@ -110,7 +114,7 @@ class TrainConfig:
     fps: float = 1.0                    # video frames sampled a second (tubelets of 2 frames: one per 2 s)
     audio_clip_s: float = 2.0           # audio chunk length of the streaming layout
     # optimisation
-    steps: int = 2200                   # optimisation steps (one clip each): fixed, so a seed gives the same weights
+    steps: int = 1800                   # optimisation steps (one clip each): fixed, so a seed gives the same weights
     minutes: float = 0.0                # optional wall-clock guard of the loop (0: none); stopping early is logged
     lr: float = 3e-3
     min_lr: float = 1e-4
@@ -119,7 +123,7 @@ class TrainConfig:
     projector_lr_scale: float = 1.0     # the projectors' learning rate, relative to lr
     # the ViT's (not mlp1's), relative to lr: at 1.0 the ninth run's clip steps wore its shape features out
     # (a linear probe on its tubelets: 51.5% of shapes or words found before them, 39.3% after)
-    vision_lr_scale: float = 1.0
+    vision_lr_scale: float = 0.1
     grad_clip: float = 1.0
     max_questions: int = 12             # questions a clip contributes per step (the timeline item comes on top)
     context_weight: float = 0.2         # weight of the read text's tokens (labels, questions, options) in the loss
@@ -174,12 +178,14 @@ class TrainConfig:
     # After the text phase (the ninth run), 600 steps and 4 mixed clips kept the lookup (37.2% with gold
     # captions) and took its own audio captions to 77.4% precise, but named 15% of new shapes from the
     # chunk alone; 2,100 dedicated steps from the seeded model named 74% (FINDINGS).
-    # `chunk_caption_mix` clips of such rows join every clip step's loss (0: none). Both off by default.
-    chunk_caption_steps: int = 0
+    # `chunk_caption_mix` clips of such rows join every clip step's loss (0: none; until stop 21 they never
+    # reached the gradient, a bug). The tenth run: 1,500 steps and 4 clips mixed in; read alone, it names
+    # 93.1% of new audio things, 100% of new shapes and 60% of new words (teacher-forced, validation clips).
+    chunk_caption_steps: int = 1500
     chunk_caption_lr: float = 1e-3
     chunk_caption_clips: int = 4
     chunk_caption_rows: int = 16
-    chunk_caption_mix: int = 0
+    chunk_caption_mix: int = 4
     # recall rows (of the last stage's pairs) added to every clip step, so the clips do not wash the
     # skill out: with none mixed in (runs/2026-11-30-seed0-recall-phase) the decoder was back at
     # chance on recall after the clips.
