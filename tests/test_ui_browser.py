@@ -97,7 +97,8 @@ class Page:
         n = p.locator(".omni-turn").count()
         p.locator("#omni-ask").click()
         p.wait_for_function(f"document.querySelectorAll('.omni-turn').length > {n} && "
-                            "document.querySelector('.omni-turn').dataset.status === 'completed'", timeout=60000)
+                            "['completed', 'incomplete'].includes(document.querySelector('.omni-turn').dataset.status)",
+                            timeout=60000)     # incomplete: the answer reached its token limit
         return p.locator(".omni-turn").first
 
     def check_clean(self):
@@ -340,8 +341,9 @@ def test_phone_width(browser, server):
 
 
 def test_the_default_model_says_what_it_is_and_refuses_media_it_cannot_take(browser, server):
-    """The bundled default model (text-only today): the note under the model line, a question
-    answered as it streams, a video refused in words before anything is sent."""
+    """The bundled default model: the note under the model line, a question answered as it
+    streams; a text-only model (the placeholder before stop 21) refuses a video in words before
+    anything is sent."""
     from app.server import ServerConfig, create_app
     from app.ui import DEFAULT_MODEL
     from service_fixtures import RunningServer
@@ -389,8 +391,9 @@ def test_a_server_with_an_api_key_asks_for_it(browser):
         p.locator("#omni-key input").fill("sesame")
         p.locator("#omni-key input").press("Enter")
         p.locator("#omni-key input").blur()
-        turn = ui.ask()
-        assert turn.get_attribute("data-status") == "completed" and int(turn.get_attribute("data-deltas")) >= 2
+        turn = ui.ask()      # the bundled model may talk until its token limit on a question about no media
+        assert turn.get_attribute("data-status") in ("completed", "incomplete")
+        assert int(turn.get_attribute("data-deltas")) >= 2
         assert p.locator(".omni-error").is_hidden()
         ui.check_clean()
     finally:
