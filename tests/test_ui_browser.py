@@ -340,10 +340,9 @@ def test_phone_width(browser, server):
         ui.ctx.close()
 
 
-def test_the_default_model_says_what_it_is_and_refuses_media_it_cannot_take(browser, server):
-    """The bundled default model: the note under the model line, a question answered as it
-    streams; a text-only model (the placeholder before stop 21) refuses a video in words before
-    anything is sent."""
+def test_the_default_model_says_what_it_is(browser):
+    """The bundled default model: the note under the model line (its card's first paragraph, how to
+    load a real checkpoint), what it takes in, a question answered as it streams."""
     from app.server import ServerConfig, create_app
     from app.ui import DEFAULT_MODEL
     from service_fixtures import RunningServer
@@ -353,20 +352,43 @@ def test_the_default_model_says_what_it_is_and_refuses_media_it_cannot_take(brow
         p = ui.page
         p.goto(f"http://127.0.0.1:{srv.port}/")
         p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('default-model')")
-        assert "python -m app --model DIR" in p.locator("#omni-note").inner_text()
+        note = p.locator("#omni-note").inner_text()
+        assert "trained from scratch on synthetic clips" in note and "python -m app --model DIR" in note
+        assert "sees images and video, hears audio" in p.locator("#omni-model").inner_text()
         turn = ui.ask("Why is the sky blue?")
         assert int(turn.get_attribute("data-deltas")) >= 2
-        text_only = json.loads((DEFAULT_MODEL / "config.json").read_text()).get("vision_config") is None
-        assert ("(text only)" if text_only else "sees images and video") in p.locator("#omni-model").inner_text()
-        if text_only:
-            sent = len(ui.sent)
-            p.locator("#omni-upload input[type=file]").set_input_files(str(server.demo_clip))
-            p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
-            assert p.locator(".omni-error strong").inner_text() == ("The loaded model (default-model) does not see: "
-                                                                    "it takes no video or images.")
-            assert len(ui.sent) == sent                                   # nothing was sent
-            assert p.locator(".omni-turn").count() == 1                   # and the answer stays
         ui.shot("10-default-model")
+        ui.check_clean()
+    finally:
+        ui.ctx.close()
+        srv.stop()
+
+
+def test_a_text_only_model_refuses_media_it_cannot_take(browser, server, tmp_path):
+    """A model without towers says so on its model line and refuses a video in words before
+    anything is sent; the answer before stays."""
+    from app.server import ServerConfig, create_app
+    from builders import build_text_checkpoint
+    from service_fixtures import RunningServer
+    from tokenizer_fixture import build_test_tokenizer
+    model = tmp_path / "text-model"
+    build_text_checkpoint(model, "M*E")
+    build_test_tokenizer(model)
+    srv = RunningServer(create_app(ServerConfig(model_dir=model)))
+    ui = Page(browser, srv)
+    try:
+        p = ui.page
+        p.goto(f"http://127.0.0.1:{srv.port}/")
+        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('text-model')")
+        assert "(text only)" in p.locator("#omni-model").inner_text()
+        ui.ask("Why is the sky blue?")
+        sent = len(ui.sent)
+        p.locator("#omni-upload input[type=file]").set_input_files(str(server.demo_clip))
+        p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
+        assert p.locator(".omni-error strong").inner_text() == ("The loaded model (text-model) does not see: "
+                                                                "it takes no video or images.")
+        assert len(ui.sent) == sent                                   # nothing was sent
+        assert p.locator(".omni-turn").count() == 1                   # and the answer stays
         ui.check_clean()
     finally:
         ui.ctx.close()
