@@ -5,7 +5,7 @@ A tiny random `NemotronH_Omni_Reasoning_V3` is written by transformers; we load 
 after EVS), the last-position logits (fp32, 1e-4) and 8 greedy tokens must match. transformers'
 decoder input is captured where its model hands it to the language model, so every step of its
 own forward (processor, towers, scatter, EVS pruning) is the reference.
-The other way round, the bundled model's format (the checkpoint recipes/train writes) loads in
+The other way round, the bundled default model (the checkpoint recipes/train writes) loads in
 transformers and answers a demo clip as our engine does.
 """
 
@@ -194,31 +194,8 @@ def test_text_checkpoint_has_no_towers(tmp_path):
     assert MediaEmbedding("audio", torch.zeros(3, 4)).num_tokens == 3
 
 
-def _recipe_checkpoint(path):
-    """The bundled model if it is the trained Omni one, else a checkpoint in the same format: the
-    recipe's model at its seeded initialization, with a tokenizer trained on the demo corpus."""
-    import json
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    bundled = root / "assets" / "default-model"
-    if "vision_config" in json.loads((bundled / "config.json").read_text()):
-        return bundled
-    from engine.tokenizer import train_tokenizer
-    from recipes.train.config import VOCAB_SIZE, WHOLE_NUMBERS
-    from recipes.train.data import corpus_texts
-    from recipes.train.model import new_model, save_omni
-    demo = root / "assets" / "demo"
-    timelines = [json.loads(p.read_text()) for p in sorted((demo / "timelines").glob("*.json"))]
-    train_tokenizer(path, corpus_texts(json.loads((demo / "questions.json").read_text()), timelines),
-                    vocab_size=VOCAB_SIZE, repeat=1, whole_numbers=WHOLE_NUMBERS)
-    raw, decoder, vision, audio = new_model(0, VOCAB_SIZE)
-    save_omni(path, raw, decoder, vision, audio)
-    return path
-
-
-def test_the_recipes_checkpoint_answers_a_demo_clip_as_transformers_does(tmp_path):
-    """The bundled model's format (recipes/train writes it) loads in transformers'
+def test_the_bundled_model_answers_a_demo_clip_as_transformers_does():
+    """The bundled default model (the checkpoint recipes/train writes) loads in transformers'
     NemotronH_Omni_Reasoning_V3 with its processor, every tensor used, and on a demo clip (8 frames,
     its 33 s of audio as two clips) both build the same decoder input and answer the same greedily."""
     import json
@@ -231,14 +208,15 @@ def test_the_recipes_checkpoint_answers_a_demo_clip_as_transformers_does(tmp_pat
     from app.evaluate import parse_item, question_prompt
     from encoders.media import load_audio, probe, sample_video
 
-    model_dir = _recipe_checkpoint(tmp_path)
+    root = Path(__file__).resolve().parent.parent
+    model_dir = root / "assets" / "default-model"
     hf, info = NemotronH_Omni_Reasoning_V3.from_pretrained(model_dir, output_loading_info=True)
     assert not any(info.values()), info
     hf.eval()
     proc = AutoProcessor.from_pretrained(model_dir)
     omni = OmniModel.load(model_dir)
 
-    demo = Path(__file__).resolve().parent.parent / "assets" / "demo"
+    demo = root / "assets" / "demo"
     item = json.loads((demo / "questions.json").read_text())[0]
     clip = demo / item["video"]
     meta = probe(clip)
