@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,10 @@ class Page:
         ws.on("framesent", lambda m: self.sent.append(json.loads(m).get("type")) if isinstance(m, str) else None)
         ws.on("framereceived", lambda m: self.got.append(json.loads(m)) if isinstance(m, str) else None)
 
-    def open(self):
+    def open(self, model: str = "scripted-omni"):
+        """Load the UI and wait until its model line names `model`."""
         self.page.goto(f"http://127.0.0.1:{self.server.port}/")
-        self.page.wait_for_function("document.getElementById('omni-model')?.textContent.includes('scripted-omni')",
+        self.page.wait_for_function(f"document.getElementById('omni-model')?.textContent.startsWith({json.dumps(model)})",
                                     timeout=30000)
 
     def shot(self, name):
@@ -340,18 +342,28 @@ def test_phone_width(browser, server):
         ui.ctx.close()
 
 
+@contextmanager
+def served_page(browser, config):
+    """A Page of a server of its own (create_app(config)), opened on its model; both closed after."""
+    from app.server import create_app
+    from service_fixtures import RunningServer
+    srv = RunningServer(create_app(config))
+    ui = Page(browser, srv)
+    try:
+        ui.open(config.model_name or Path(config.model_dir).name)
+        yield ui
+    finally:
+        ui.ctx.close()
+        srv.stop()
+
+
 def test_the_default_model_says_what_it_is(browser):
     """The bundled default model: the note under the model line (its card's first paragraph, how to
     load a real checkpoint), what it takes in, a question answered as it streams."""
-    from app.server import ServerConfig, create_app
+    from app.server import ServerConfig
     from app.ui import DEFAULT_MODEL
-    from service_fixtures import RunningServer
-    srv = RunningServer(create_app(ServerConfig(model_dir=DEFAULT_MODEL)))
-    ui = Page(browser, srv)
-    try:
+    with served_page(browser, ServerConfig(model_dir=DEFAULT_MODEL)) as ui:
         p = ui.page
-        p.goto(f"http://127.0.0.1:{srv.port}/")
-        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('default-model')")
         note = p.locator("#omni-note").inner_text()
         assert "trained from scratch on synthetic clips" in note and "python -m app --model DIR" in note
         assert "sees images and video, hears audio" in p.locator("#omni-model").inner_text()
@@ -359,27 +371,19 @@ def test_the_default_model_says_what_it_is(browser):
         assert int(turn.get_attribute("data-deltas")) >= 2
         ui.shot("10-default-model")
         ui.check_clean()
-    finally:
-        ui.ctx.close()
-        srv.stop()
 
 
 def test_a_text_only_model_refuses_media_it_cannot_take(browser, server, tmp_path):
     """A model without towers says so on its model line and refuses a video in words before
     anything is sent; the answer before stays."""
-    from app.server import ServerConfig, create_app
+    from app.server import ServerConfig
     from builders import build_text_checkpoint
-    from service_fixtures import RunningServer
     from tokenizer_fixture import build_test_tokenizer
     model = tmp_path / "text-model"
     build_text_checkpoint(model, "M*E")
     build_test_tokenizer(model)
-    srv = RunningServer(create_app(ServerConfig(model_dir=model)))
-    ui = Page(browser, srv)
-    try:
+    with served_page(browser, ServerConfig(model_dir=model)) as ui:
         p = ui.page
-        p.goto(f"http://127.0.0.1:{srv.port}/")
-        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('text-model')")
         assert "(text only)" in p.locator("#omni-model").inner_text()
         ui.ask("Why is the sky blue?")
         sent = len(ui.sent)
@@ -390,21 +394,13 @@ def test_a_text_only_model_refuses_media_it_cannot_take(browser, server, tmp_pat
         assert len(ui.sent) == sent                                   # nothing was sent
         assert p.locator(".omni-turn").count() == 1                   # and the answer stays
         ui.check_clean()
-    finally:
-        ui.ctx.close()
-        srv.stop()
 
 
 def test_a_server_with_an_api_key_asks_for_it(browser):
-    from app.server import ServerConfig, create_app
+    from app.server import ServerConfig
     from app.ui import DEFAULT_MODEL
-    from service_fixtures import RunningServer
-    srv = RunningServer(create_app(ServerConfig(model_dir=DEFAULT_MODEL, api_key="sesame")))
-    ui = Page(browser, srv)
-    try:
+    with served_page(browser, ServerConfig(model_dir=DEFAULT_MODEL, api_key="sesame")) as ui:
         p = ui.page
-        p.goto(f"http://127.0.0.1:{srv.port}/")
-        p.wait_for_function("document.getElementById('omni-model')?.textContent.startsWith('default-model')")
         p.locator("#omni-question textarea").fill("Hello?")
         p.locator("#omni-ask").click()
         p.wait_for_selector(".omni-error:not([hidden])", timeout=30000)
@@ -418,9 +414,6 @@ def test_a_server_with_an_api_key_asks_for_it(browser):
         assert int(turn.get_attribute("data-deltas")) >= 2
         assert p.locator(".omni-error").is_hidden()
         ui.check_clean()
-    finally:
-        ui.ctx.close()
-        srv.stop()
 
 
 def test_default_model_note_only_for_the_bundled_model(tmp_path):
