@@ -14,8 +14,10 @@ A prediction is the model's whole output text, `<think> ... </think> answer`:
   cites the moments it relies on, and MMOU's evidence span is the stretch that holds all of them
   (the synthetic generator's evidence span is exactly the hull of its reasoning steps, so a right
   trace scores IoU 1); taking only the first span would score one step of a multi-step question.
-  With no span in the reasoning, the spans of the answer count (a chosen option may be a time
-  range); with none at all the item is a grounding miss (IoU 0).
+  A reasoning with `<t>` tags cites its steps with them, so its other spans (a caption quoted on
+  the way, with the times of what else it names) are left out. With no span in the reasoning, the
+  spans of the answer count (a chosen option may be a time range); with none at all the item is
+  a grounding miss (IoU 0).
 
 Metrics (`score`): micro accuracy over items, accuracy per skill (an item counts for each of its
 skills), and over items with an evidence span R@1 at IoU 0.3 / 0.5 / 0.7 and mean IoU
@@ -240,6 +242,7 @@ def predicted_span(text: str, media_duration: float | None = None) -> tuple[floa
     """The span a model output grounds its answer in: the hull of its reasoning's spans (module docstring)."""
     reasoning, answer = split_answer(text)
     spans = find_time_spans(reasoning, media_duration) if reasoning else []
+    spans = [s for s in spans if s.form == "tag"] or spans
     if not spans and answer:
         spans = find_time_spans(answer, media_duration)
     if not spans:

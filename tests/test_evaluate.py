@@ -114,6 +114,9 @@ def test_predicted_span_is_the_hull_of_the_reasoning():
     assert predicted_span("<think>no times</think> (F) from 3.0 s to 5.0 s") == (3.0, 5.0)
     assert predicted_span("<think>no times</think> (A)") is None
     assert predicted_span("<t>2-4</t> no think tags") == (2.0, 4.0)
+    # a tagged trace is grounded by its tags: a caption quoted on the way, with its own times, is not a step
+    quoted = "<think>\n<t>29.0-29.5</t> a\n(heard from second 26: a hiss 27.0-27.6)\n<t>30.0-30.7</t> b\n</think>\nx"
+    assert predicted_span(quoted) == (29.0, 30.7)
     # the media length decides MM.SS readings
     assert predicted_span("<think><t>0.574-1.034</t></think> A", media_duration=120) == (57.4, 63.4)
     assert predicted_span("<think><t>0.574-1.034</t></think> A", media_duration=10) == (0.574, 1.034)
