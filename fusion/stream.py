@@ -21,6 +21,7 @@ causally, chunk by chunk, for live video.
 from __future__ import annotations
 
 import heapq
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -82,19 +83,36 @@ def audio_chunk_label(t0: float, t1: float) -> str:
 class Narration:
     """How a narrating model captions each chunk (config.json `stream_narration`): `prefix` opens
     the caption of a chunk of that modality, the model writes what it holds up to `close`, and
-    the caption ends `close + " "`; at most `max_new_tokens` generated. `context` is what the
-    caption is written from: "session", the stream so far; "chunk", the chunk read alone after
-    the stream header (`Narrator`), as the default model's single-chunk training rows are. Either
-    way the caption is then appended to the session, and questions read it there."""
+    the caption ends `close + " "`; at most `max_new_tokens` generated. A prefix may hold
+    `{second}`, the chunk's start in whole seconds (`(heard from second {second}: `): the engine
+    writes it, and a question's reasoning can then find a moment's caption by that key. `context`
+    is what the caption is written from: "session", the stream so far; "chunk", the chunk read
+    alone after the stream header (`Narrator`), as the default model's single-chunk training rows
+    are. Either way the caption is then appended to the session, and questions read it there."""
 
     prefix: dict
     close: str = ")"
     max_new_tokens: int = 48
     context: str = "session"
 
-    def caption(self, modality: str, things: list[str]) -> str:
-        """The caption of a chunk holding `things` (the training target; `narrate` writes the same)."""
-        return self.prefix[modality] + ("; ".join(things) or "nothing") + self.close + " "
+    def opening(self, modality: str, t0: float) -> str:
+        """The prefix of a `modality` chunk starting at `t0` seconds, `{second}` filled in."""
+        return self.prefix[modality].replace("{second}", str(int(round(t0))))
+
+    def caption(self, modality: str, things: list[str], t0: float = 0.0) -> str:
+        """The caption of a chunk holding `things`, starting at `t0` seconds (the training target;
+        `narrate` writes the same)."""
+        return self.opening(modality, t0) + ("; ".join(things) or "nothing") + self.close + " "
+
+    def things(self, caption: str, modality: str) -> list[str]:
+        """The things a caption of `modality` names, in order: `caption` read back ([] for "nothing";
+        ValueError if it is not this narration's form)."""
+        head, key, rest = self.prefix[modality].partition("{second}")
+        opening = re.escape(head) + r"\d+" + re.escape(rest.rstrip()) if key else re.escape(head.rstrip())
+        m = re.fullmatch(opening + r" ?(.*)" + re.escape(self.close) + " ?", caption, flags=re.S)
+        if m is None:
+            raise ValueError(f"not a {modality} caption of this narration: {caption!r}")
+        return [] if m.group(1) == "nothing" else m.group(1).split("; ")
 
     @classmethod
     def from_dict(cls, raw: dict | None, source: str = "config.json") -> "Narration | None":
@@ -105,6 +123,10 @@ class Narration:
                 m in MODALITY_ORDER and isinstance(v, str) and v for m, v in prefix.items()):
             raise ValueError(f"{source}: stream_narration.prefix must map modalities ({sorted(MODALITY_ORDER)}) "
                              f"to non-empty text, got {prefix!r}")
+        for v in prefix.values():
+            if v.count("{second}") > 1 or re.search(r"[{}]", v.replace("{second}", "")):
+                raise ValueError(f"{source}: stream_narration.prefix {v!r} may hold \"{{second}}\" once and no "
+                                 "other braces")
         close, limit = raw.get("close", ")"), raw.get("max_new_tokens", 48)
         if not isinstance(close, str) or not close or not isinstance(limit, int) or not 1 <= limit <= 512:
             raise ValueError(f"{source}: stream_narration needs a non-empty close text and max_new_tokens in "
@@ -154,7 +176,7 @@ def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration, rea
         return ""
     # The opening without its trailing space: byte-level BPE puts a word's space in the word's
     # token (" a", " bell"), so "(heard: " + " a" would never have been seen in training.
-    head = narration.prefix[chunk.modality].rstrip()
+    head = narration.opening(chunk.modality, chunk.t0).rstrip()
     fork = (session if reader is None else reader).fork()
     fork.prefill(tokenizer.encode(head))
     params = SamplingParams(max_new_tokens=narration.max_new_tokens, temperature=0.0,

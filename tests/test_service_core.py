@@ -219,8 +219,18 @@ def test_narration_config_is_checked():
     n = Narration.from_dict({"prefix": {"audio": "(heard: "}, "close": ")", "max_new_tokens": 8})
     assert n.caption("audio", ["a bell", "a tone"]) == "(heard: a bell; a tone) " and n.caption("audio", []) == "(heard: nothing) "
     assert n.context == "session" and Narration.from_dict({"prefix": {"audio": "x"}, "context": "chunk"}).context == "chunk"
+    keyed = Narration.from_dict({"prefix": {"audio": "(heard from second {second}: ", "video": "(seen: "}})
+    assert keyed.opening("audio", 26.4) == "(heard from second 26: " and keyed.opening("audio", 2.6) == "(heard from second 3: "
+    assert keyed.caption("audio", ["a bell 27.0-27.6"], 26.0) == "(heard from second 26: a bell 27.0-27.6) "
+    assert keyed.caption("video", [], 4.0) == "(seen: nothing) "
+    assert keyed.things("(heard from second 26: a bell 27.0-27.6; a tone 27.9-28.0) ", "audio") == [
+        "a bell 27.0-27.6", "a tone 27.9-28.0"]
+    assert keyed.things("(heard from second 4: nothing) ", "audio") == [] == n.things("(heard: nothing) ", "audio")
+    with pytest.raises(ValueError, match="not a audio caption"):
+        keyed.things("(heard: a bell) ", "audio")
     for bad in ({"prefix": {"smell": "(sniffed: "}}, {"prefix": {}}, {"prefix": {"audio": "x"}, "max_new_tokens": 0},
-                {"prefix": {"audio": "x"}, "close": ""}, {"prefix": {"audio": "x"}, "context": "clip"}, "yes"):
+                {"prefix": {"audio": "x"}, "close": ""}, {"prefix": {"audio": "x"}, "context": "clip"}, "yes",
+                {"prefix": {"audio": "(heard at {t}: "}}, {"prefix": {"audio": "{second} {second}"}}):
         with pytest.raises(ValueError, match="stream_narration"):
             Narration.from_dict(bad, "cfg.json")
 
