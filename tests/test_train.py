@@ -421,6 +421,30 @@ def test_phase_two_targets_answer_with_the_option_text(data):
         prompt_and_target(it, "number")
 
 
+def test_init_continues_a_checkpoint_with_its_tokenizer_and_the_clip_steps_alone(data, tmp_path):
+    """`run(init=DIR)` keeps DIR's tokenizer (its weights index those ids), skips every phase before
+    the clips even where the config asks for them, and trains DIR's weights on; the card says so."""
+    import dataclasses
+
+    folder, *_ = data
+    cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=2, warmup_steps=1, workers=0, max_questions=3,
+                      val_clips=1, recall_stages=(), vision_steps=0, text_steps=0, chunk_caption_steps=0,
+                      chunk_caption_mix=0)
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(first, cfg, folder / "run", evaluate=False, progress=False)
+    (second).mkdir()
+    (second / "tokenizer.json").write_text("stale")          # replaced by the checkpoint's own
+    more = dataclasses.replace(cfg, vision_steps=2, recall_stages=((2, 3),), quote_chains=True, window_rows=3)
+    m = run(second, more, folder / "run", evaluate=False, progress=False, init=first)
+    assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    assert [ph["phase"] for ph in m["training"]["phases"]] == ["init", 1]
+    assert not (second / "vision_log.jsonl").exists() and not (second / "recall_log.jsonl").exists()
+    assert (second / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+    log = [json.loads(line) for line in (second / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(r["lookup_tokens"] > 0 for r in log)
+    assert f"Every phase before the clips is `{first}`'s" in (second / "README.md").read_text()
+
+
 @pytest.mark.parametrize("frozen", ["projectors", "vit"])
 def test_learning_rate_scales_of_the_projectors_and_the_vit(data, tmp_path, frozen):
     """projector_lr_scale=0 trains the decoder and the ViT and leaves both projectors as initialized;
@@ -627,30 +651,80 @@ def test_text_questions_lay_out_a_clips_chunks_with_their_gold_captions(data):
         assert text.endswith(chunk_caption(clip.timeline, laid[-1]))
 
 
-def test_chain_rows_are_the_two_lookup_questions_without_their_options(data):
+CHAINED = ("What is heard right after this: ", "What is on screen when this is spoken: ",
+           "Which word is spoken while this is on screen: ")
+
+
+@pytest.fixture
+def keyed_narration(monkeypatch):
+    """The recipe's captions opening with their chunk's start second (unique, so a quoted caption
+    names its chunk)."""
+    import recipes.train.data as train_data
+    from fusion.stream import Narration
+
+    monkeypatch.setattr(train_data, "NARRATION", Narration.from_dict(
+        {"prefix": {"audio": "(heard from second {second}: ", "video": "(seen from second {second}: "}, "close": ")"}))
+
+
+def test_chain_rows_read_the_captions_between_their_two_steps(data, keyed_narration):
     """Every question of a clip that chains two lookups (what is heard right after X, what is on
     screen when X is spoken, which word is spoken while X is on screen) has a chain row with the
-    same question and, as its target, the same two-step reasoning and answer text; each row's two
-    steps are two different events of the clip."""
-    from recipes.train.data import chain_rows
+    same question: the generator's first step, then the session's captions the second lookup reads
+    (in session order: a run of audio chunks, or the one tubelet showing the object), the last of
+    them naming the answer, then the generator's second step and the answer's text. The clip's own
+    items are routed the same way, their answer line kept; the other items are left as they are."""
+    from recipes.train.data import chain_rows, route_chains
     _, _, clips, _, _ = data
-    chained = ("What is heard right after this: ", "What is on screen when this is spoken: ",
-               "Which word is spoken while this is on screen: ")
     asked = 0
     for clip in clips:
-        rows = chain_rows(clip.timeline)
+        captions = [chunk_caption(clip.timeline, m).rstrip() for m in clip.meta]
+        audio = [chunk_caption(clip.timeline, m).rstrip() for m in clip.meta if m["modality"] == "audio"]
+        rows = chain_rows(clip.timeline, clip.meta)
         assert len({k for k, _, _ in rows}) == len(rows)
         by_question = {q: t for _, q, t in rows}
-        spans = {(e["t0"], e["t1"]) for e in clip.timeline["events"]}
         for _, question, target in rows:
-            assert question.startswith(chained)
-            steps = [(s.start_s, s.end_s) for s in find_time_spans(target)]
-            assert len(steps) == 2 and steps[0] != steps[1] and set(steps) <= spans
-        for it in clip.items:
-            if it["question"].startswith(chained):
+            assert question.startswith(CHAINED)
+            lines, _, answer = target.partition("\n</think>\n")
+            lines = lines.split("\n")
+            quoted = lines[1:-1]
+            assert lines[0].startswith("<t>") and lines[-1].startswith("<t>") and quoted
+            at = [captions.index(q) for q in quoted]
+            assert at == sorted(at) and answer in quoted[-1]
+            if question.startswith(CHAINED[1]):
+                assert len(quoted) == 1 and clip.meta[at[0]]["modality"] == "video"
+            else:
+                first = audio.index(quoted[0])
+                assert audio[first:first + len(quoted)] == quoted
+        routed = route_chains(clip.timeline, clip.meta, clip.items)
+        for it, was in zip(routed, clip.items):
+            if it["question"].startswith(CHAINED) and it["question"] in by_question:
                 asked += 1
-                assert by_question[it["question"]] == prompt_and_target(it, "text")[1]
+                steps = prompt_and_target(was, "text")[1].split("\n</think>\n")[0].split("\n")
+                got = prompt_and_target(it, "text")[1]
+                assert got == by_question[it["question"]]
+                assert got.split("\n")[0] == steps[0] and got.split("\n</think>")[0].split("\n")[-1] == steps[-1]
+                assert it["reasoning"].rpartition("</think>\n")[2] == was["reasoning"].rpartition("</think>\n")[2]
+            else:
+                assert it == was
     assert asked > 0
+
+
+def test_captions_keyed_by_their_second_are_what_window_rows_ask(data, keyed_narration):
+    """With a narration whose prefix holds `{second}`, each caption opens with its chunk's start
+    second; a window row asks a chunk by that second and answers with its caption, then what it holds."""
+    from recipes.train.data import chunk_things, window_rows
+
+    _, _, clips, _, _ = data
+    clip = clips[0]
+    for m in clip.meta:
+        word = "heard" if m["modality"] == "audio" else "seen"
+        assert chunk_caption(clip.timeline, m).startswith(f"({word} from second {round(m['t0'])}: ")
+    windows = window_rows(clip.timeline, clip.meta)
+    assert len(windows) == len(clip.meta)
+    for (_, question, target), m in zip(windows, clip.meta):
+        second = int(question.rsplit(": ", 1)[1].rstrip("?"))
+        assert second == round(m["t0"]) and question.startswith("What is heard" if m["modality"] == "audio" else "What is on")
+        assert target == chunk_caption(clip.timeline, m).rstrip() + "\n</think>\n" + ("; ".join(chunk_things(clip.timeline, m)) or "nothing")
 
 
 def test_text_question_targets_score_full_marks_and_the_loss_reads_the_context(data):
@@ -697,7 +771,7 @@ def test_text_questions_command_trains_and_logs_held_out_accuracy(data, tmp_path
         (ckpt / name).write_bytes((tok_dir / name).read_bytes())
     out = subprocess.run([sys.executable, "-m", "recipes.train", "text-questions", "--out", str(tmp_path / "t"),
                           "--model", str(ckpt), "--steps", "2", "--every", "2", "--timelines", "1", "--held-out", "1",
-                          "--chains", "3"],
+                          "--chains", "3", "--windows", "3"],
                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "t" / "text_log.jsonl").read_text().splitlines()]

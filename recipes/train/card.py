@@ -50,6 +50,9 @@ def _skill_table(ev: dict) -> list[str]:
 
 def _phase_line(ph: dict, cfg: dict) -> str | None:
     """The card's line for a phase before the clips (None for the clip phases), in the run's order."""
+    if ph["phase"] == "init":
+        return (f"- Every phase before the clips is `{ph['from']}`'s: its weights and tokenizer, continued here by the "
+                "clip steps (`python -m recipes.train run --init`).")
     if ph["phase"] == "vision" and "held_out_after" not in ph:
         return (f"- The ViT alone (`recipes/train/vision.py`): {ph['steps']} steps on tubelets drawn fresh every step, "
                 f"each object's colour and shape or word its labels, {ph['seconds'] / 60:.1f} min; loss "

@@ -131,6 +131,8 @@ class TrainConfig:
     caption_weight: float = 1.0         # weight of a caption token in the loss
     timeline_share: float = 0.5         # share of steps that add the clip's timeline item (every event, timed)
     lookup_rows: int = 24               # "When is X ...?" rows a step adds (data.lookup_rows), at most
+    window_rows: int = 0                # rows asking a chunk's caption by its second (data.window_rows), at most
+    quote_chains: bool = False          # chained questions reason through the captions they read (data.route_chains)
     evs_share: float = 0.3              # share of steps trained with EVS on (rate drawn in evs_rates)
     evs_rates: tuple = (0.5, 0.8)
     balance_rate: float = 1e-3          # e_score_correction_bias step per training step
@@ -166,6 +168,7 @@ class TrainConfig:
     # two-lookup rows a timeline adds (data.chain_rows; 0: none). 500 steps with 12 a timeline, from the
     # seventh run, left the held-out sequential and audio-visual questions where none did (38.0% in all).
     text_chains: int = 0
+    text_windows: int = 0               # rows asking a chunk's caption by its second (data.window_rows; 0: none)
     text_held_out: int = 12             # held-out timelines scored before and after (about 11 questions each)
     # captions of single chunks (train.train_chunk_captions; 0 skips it), after the text phase, before the
     # clips: each chunk read alone after the stream header, then its gold caption, `chunk_caption_rows`

@@ -22,6 +22,7 @@ right after its chunk is a local signal it learns from at once, and the question
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from app.evaluate import audio_chunks, question_prompt, parse_item, video_chunks
-from app.timestamps import format_reasoning, format_seconds
+from app.timestamps import format_reasoning, format_seconds, format_step
 from fusion.stream import EmbeddingChunk, Narration
 
 from .config import NARRATION as NARRATION_CONFIG
@@ -212,13 +213,17 @@ def timeline_steps(timeline: dict) -> list[tuple[float, float, str]]:
 NARRATION = Narration.from_dict(NARRATION_CONFIG, "recipes.train.config.NARRATION")
 
 
-def chunk_caption(timeline: dict, chunk: dict) -> str:
+def chunk_caption(timeline: dict, chunk: dict, narration: Narration | None = None) -> str:
     """What a chunk (a `meta` entry) holds, in the generator's words, each thing with its time span
-    (`(seen: a pink star 3.1-7.4) `), the events of `caption_events`. A question's time span is then
-    a copy of the asked thing's caption, which a small decoder learns; without spans in the captions
-    it never did."""
-    return NARRATION.caption(chunk["modality"], [f"{e['label']} {format_seconds(e['t0'])}-{format_seconds(e['t1'])}"
-                                                 for e in caption_events(timeline, chunk)])
+    (`(seen from second 2: a pink star 3.1-7.4) `), the events of `caption_events`. A question's time
+    span is then a copy of the asked thing's caption, which a small decoder learns; without spans in
+    the captions it never did. `narration`: the recipe's (config.NARRATION) unless given."""
+    return (narration or NARRATION).caption(chunk["modality"], chunk_things(timeline, chunk), chunk["t0"])
+
+
+def chunk_things(timeline: dict, chunk: dict) -> list[str]:
+    """What a chunk's caption names: each of its `caption_events` with its time span (`a pink star 3.1-7.4`)."""
+    return [f"{e['label']} {format_seconds(e['t0'])}-{format_seconds(e['t1'])}" for e in caption_events(timeline, chunk)]
 
 
 def caption_events(timeline: dict, chunk: dict) -> list[dict]:
@@ -245,17 +250,94 @@ def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def chain_rows(timeline: dict) -> list[tuple[str, str, str]]:
-    """(key, question, target) of every question the generator can ask that chains two lookups
-    (`What is heard right after this: X?`, what is on screen when a word is spoken, which word is
-    spoken while a thing is on screen), with no options: its two reasoning steps, then the answer's
-    text. `lookup_rows` teaches the first lookup; these teach the second, keyed by the first's span."""
-    from recipes.synthetic.questions import chain_pool
+def chunk_holding(chunks: list[dict], modality: str, t: float) -> dict:
+    """The `modality` chunk (of a session's `chunks`, in order) that second `t` falls in: the last
+    one starting at or before `t` (the first, for a `t` before them all)."""
+    own = [c for c in chunks if c["modality"] == modality]
+    return next((c for c, after in zip(own, own[1:]) if t < after["t0"]), own[-1])
+
+
+def quoted_chains(timeline: dict, chunks: list[dict]) -> dict[str, tuple[list[str], str]]:
+    """{question: (reasoning lines, answer's text)} of every question the generator can ask that
+    chains two lookups (recipes.synthetic.questions.chain_pool), read through the captions of the
+    session's `chunks`: the first step, then each caption the second lookup reads, quoted as
+    `chunk_caption` writes it, then the second step.
+
+        <t>29.0-29.5</t> The word "yellow" is heard.
+        (heard from second 28: the word "yellow" 29.0-29.5)
+        (heard from second 30: a falling sweep 30.0-30.7)
+        <t>30.0-30.7</t> Next, a falling sweep is heard.
+
+    With captions keyed by their second each quoted line is one lookup of an exact key; the two
+    steps alone (the generator's reasoning) left the second lookup unlearnt (FINDINGS). "After X"
+    reads the audio chunks from X's to the next sound's, "on screen when X is spoken" the tubelet
+    that shows the object as the word is said, "spoken while X is on screen" the audio chunks from
+    the object's appearance to the word's. A said-question whose object no tubelet at the word
+    shows (the word falls between tubelets) is left out."""
+    from recipes.synthetic.questions import after_pool, after_question, said_pool, said_question, while_pool, while_question
     from recipes.synthetic.timeline import Timeline
 
     tl = Timeline.from_json(timeline)
-    return [(f"{tl.clip_id}/chain/{k}", question, format_reasoning(steps, answer)[len("<think>\n"):])
-            for k, (question, steps, answer) in enumerate(chain_pool(tl))]
+    audio = [c for c in chunks if c["modality"] == "audio"]
+
+    def quote(chunk: dict) -> str:
+        return chunk_caption(timeline, chunk).rstrip()
+
+    def heard_between(t_from: float, t_to: float) -> list[str]:
+        i, j = (audio.index(chunk_holding(audio, "audio", t)) for t in (t_from, t_to))
+        return [quote(c) for c in audio[i:j + 1]]
+
+    out = {}
+    for a, b in after_pool(tl):
+        question, steps, answer = after_question(a, b)
+        out[question] = [heard_between((a.t0 + a.t1) / 2, (b.t0 + b.t1) / 2)], steps, answer
+    for w, o in said_pool(tl):
+        question, steps, answer = said_question(w, o)
+        shown = [c for c in (chunk_holding(chunks, "video", t) for t in (w.t0, math.ceil(w.t0), w.t1))
+                 if any(e["id"] == o.id for e in caption_events(timeline, c))]
+        if shown:
+            out[question] = [[quote(shown[0])]], steps, answer
+    for o, w in while_pool(tl):
+        question, steps, answer = while_question(o, w)
+        out[question] = [heard_between(o.t0, (w.t0 + w.t1) / 2)], steps, answer
+    return {q: ([format_step(*steps[0]), *quoted[0], format_step(*steps[1])], answer)
+            for q, (quoted, steps, answer) in out.items()}
+
+
+def chain_rows(timeline: dict, chunks: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, question, target) of every chained question (`quoted_chains`) with no options: its
+    reasoning through the captions it reads, then the answer's text. `lookup_rows` teaches the
+    first lookup; these teach the second."""
+    return [(f"{timeline['clip_id']}/chain/{k}", question, "\n".join(lines) + "\n</think>\n" + answer)
+            for k, (question, (lines, answer)) in enumerate(quoted_chains(timeline, chunks).items())]
+
+
+def route_chains(timeline: dict, chunks: list[dict], items: list[dict]) -> list[dict]:
+    """`items` with each chained question's reasoning read through the captions (`quoted_chains`),
+    its answer line kept; the other items as they are."""
+    chains, out = quoted_chains(timeline, chunks), []
+    for it in items:
+        if it["question"] in chains:
+            answer_line = it["reasoning"].rpartition("</think>\n")[2]
+            it = {**it, "reasoning": "<think>\n" + "\n".join(chains[it["question"]][0]) + "\n</think>\n" + answer_line}
+        out.append(it)
+    return out
+
+
+WINDOW_QUESTIONS = {"audio": "What is heard in the chunk from this second", "video": "What is on screen in the chunk from this second"}
+
+
+def window_rows(timeline: dict, chunks: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, question, target) asking what each chunk holds by its start second (`What is heard in
+    the chunk from this second: 30?`): its caption quoted, then what it holds. The lookup by second
+    each quoted line of `quoted_chains` makes, asked directly."""
+    rows = []
+    for c in chunks:
+        things = "; ".join(chunk_things(timeline, c)) or "nothing"
+        rows.append((f"{timeline['clip_id']}/window/{c['modality']}/{c['seq']}",
+                     f"{WINDOW_QUESTIONS[c['modality']]}: {int(round(c['t0']))}?",
+                     chunk_caption(timeline, c).rstrip() + "\n</think>\n" + things))
+    return rows
 
 
 def timeline_target(timeline: dict) -> str:

@@ -35,7 +35,7 @@ def caption_things_at(tok, timeline: dict, chunk: dict) -> list[tuple[dict, dict
     from .data import NARRATION, caption_events, chunk_caption
 
     modality, whole = chunk["modality"], tok.encode(chunk_caption(timeline, chunk))
-    text, got = NARRATION.prefix[modality], []
+    text, got = NARRATION.opening(modality, chunk["t0"]), []
 
     def upto(text: str) -> int:
         ids = tok.encode(text)

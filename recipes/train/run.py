@@ -71,12 +71,12 @@ def evaluate_set(model_dir: Path, data: Path, evs_rate: float | None, guided_cho
     return m
 
 
-def caption_things(caption: str, modality: str) -> set[str]:
-    """The names a caption (data.chunk_caption's form) gives, their time spans left out."""
+def caption_things(caption: str, modality: str, narration=None) -> set[str]:
+    """The names a caption (data.chunk_caption's form, of `narration`: default the recipe's) gives,
+    their time spans left out."""
     from .data import NARRATION
 
-    body = caption[len(NARRATION.prefix[modality]):-len(NARRATION.close) - 1]
-    return set() if body == "nothing" else {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in body.split("; ")}
+    return {re.sub(r" [\d.]+-[\d.]+$", "", t) for t in (narration or NARRATION).things(caption, modality)}
 
 
 def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
@@ -98,7 +98,7 @@ def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
     omni = OmniModel.load(model_dir)
     if omni.settings.narration is None:
         raise ValueError(f"{model_dir}: the model does not narrate (no stream_narration in config.json)")
-    counts: dict[str, dict[str, int]] = {}
+    narration, counts = omni.settings.narration, {}
 
     for mp4 in sorted((Path(folder) / "clips").glob("*.mp4")):
         timeline = json.loads((Path(folder) / "timelines" / f"{mp4.stem}.json").read_text())
@@ -107,13 +107,13 @@ def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
             session.prefill(omni.tokenizer.encode(stream_header()))
             for c in media_chunks(omni, mp4, evs_rate=0.0):
                 said = omni.read_chunk(session, c)[1]
-                gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1})
+                gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1}, narration)
                 if show is not None:
                     show.write(f"{mp4.stem} {c.modality} {c.t0:.1f}-{c.t1:.1f}\n  gold {gold.strip()}\n  own  {said.strip()}\n")
                 n = counts.setdefault(c.modality, dict.fromkeys(("chunks", "exact", "named", "named_right", "there"), 0))
                 n["chunks"] += 1
                 n["exact"] += said == gold
-                got, want = caption_things(said, c.modality), caption_things(gold, c.modality)
+                got, want = (caption_things(x, c.modality, narration) for x in (said, gold))
                 n["named"] += len(got)
                 n["named_right"] += len(got & want)
                 n["there"] += len(want)
@@ -215,9 +215,12 @@ def refresh_card(out) -> Path:
     return write_model_card(out)
 
 
-def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True, phase1_from=None) -> dict:
+def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool = True, phase1_from=None,
+        init=None) -> dict:
     """Data, tokenizer, phase 1 (or, with `phase1_from`, its weights from that folder), phase 2,
-    the checkpoint in `out`, its curves, metrics and card, and (with `evaluate`) the held-out scores."""
+    the checkpoint in `out`, its curves, metrics and card, and (with `evaluate`) the held-out scores.
+    With `init` (a checkpoint this recipe wrote, same seed) phase 1 continues its weights with its
+    tokenizer: the phases before the clips are skipped."""
     from engine.tokenizer import Tokenizer, train_tokenizer
 
     from .data import corpus_texts, make_clips
@@ -237,10 +240,16 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
 
     t = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(out, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1,
-                    whole_numbers=WHOLE_NUMBERS)
+    if init is None:
+        train_tokenizer(out, corpus_texts(items, [c.timeline for c in clips]), vocab_size=VOCAB_SIZE, repeat=1,
+                        whole_numbers=WHOLE_NUMBERS)
+    else:             # its weights index its own tokenizer's ids
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(Path(init) / name, out / name)
     tok = Tokenizer.from_dir(out)
     raw, decoder, vision, audio = new_model(cfg.seed, VOCAB_SIZE)
+    if init is not None:
+        load_trained(init, decoder, vision, audio)
     trainer = Trainer(decoder, vision, audio, tok, raw["image_token_id"], raw["audio_token_id"])
 
     def snapshot(steps_done: int) -> None:
@@ -250,28 +259,30 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
             shutil.copyfile(out / name, folder / name)
 
     log_path = out / "train_log.jsonl"
-    phases = []
-    if phase1_from is None and cfg.vision_steps:
+    phases, fresh = [], phase1_from is None and init is None
+    if init is not None:
+        phases.append({"phase": "init", "from": str(init)})
+    if fresh and cfg.vision_steps:
         from .vision import pretrain_vision
         with open(out / "vision_log.jsonl", "w") as vlog:
             got = pretrain_vision(vision, cfg.vision_steps, cfg.seed, cfg.vision_lr, cfg.vision_clips,
                                   log=lambda row: vlog.write(json.dumps(row) + "\n"), progress=progress)
         phases.append({"phase": "vision", "task": "objects' colour and shape or word, fresh tubelets", **got})
-    if phase1_from is None and cfg.recall_stages:
+    if fresh and cfg.recall_stages:
         from .recall import chat_gap, recall_stages
         t_recall = time.perf_counter()
         stages = recall_stages(decoder, list(cfg.recall_stages), cfg.recall_lr, cfg.seed, out / "recall_log.jsonl",
                                progress, until=cfg.recall_until, gap_ids=chat_gap(tok))
         phases.append({"phase": 0, "task": "associative recall", "stages": stages,
                        "seconds": round(time.perf_counter() - t_recall, 1)})
-    if phase1_from is None and cfg.text_steps:
+    if fresh and cfg.text_steps:
         from .textqa import train_text
         got = train_text(decoder, tok, cfg.text_steps, cfg.text_lr, cfg.seed, out / "text_log.jsonl",
                          timelines=cfg.text_timelines, questions=cfg.text_questions, lookups=cfg.text_lookups,
-                         chains=cfg.text_chains,
+                         chains=cfg.text_chains, windows=cfg.text_windows,
                          held_out=cfg.text_held_out, every=cfg.text_steps, progress=progress)
         phases.append({"phase": "text", "task": "lookups on gold captions of fresh timelines", **got})
-    if phase1_from is None and cfg.chunk_caption_steps:
+    if fresh and cfg.chunk_caption_steps:
         from .train import train_chunk_captions
         got = train_chunk_captions(trainer, clips, cfg, out / "chunk_caption_log.jsonl", progress)
         phases.append({"phase": "chunk captions", "task": "captions of single chunks, each read alone", **got})
@@ -398,6 +409,8 @@ def main(argv=None) -> int:
     r.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     r.add_argument("--phase1-from", type=Path, default=None,
                    help="a folder holding phase 1's weights (its log already in --out): run phase 2 only")
+    r.add_argument("--init", type=Path, default=None,
+                   help="continue this checkpoint (weights and tokenizer, same seed) with the clip steps alone")
     pr = sub.add_parser("probe", help="linear probes on a data folder's cached tower features")
     pr.add_argument("--data", type=Path, default=Path(".cache/train-data/seed0/train"))
     pr.add_argument("--model", type=Path, default=None, help="probe this checkpoint's trained vision tower (default: the seeded one)")
@@ -440,7 +453,9 @@ def main(argv=None) -> int:
     tq.add_argument("--timelines", type=int, default=2, help="fresh timelines a step")
     tq.add_argument("--questions", type=int, default=12, help="multiple-choice questions a timeline adds")
     tq.add_argument("--lookups", type=int, default=24, help='"When is X?" rows a timeline adds')
-    tq.add_argument("--chains", type=int, default=0, help="two-lookup rows a timeline adds (data.chain_rows)")
+    tq.add_argument("--chains", type=int, default=0, help="chained rows a timeline adds (data.chain_rows)")
+    tq.add_argument("--windows", type=int, default=0, help="rows a timeline adds asking a chunk's caption by its "
+                                                           "second (data.window_rows)")
     tq.add_argument("--held-out", type=int, default=12, help="held-out timelines (about 11 questions each)")
     tq.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("demo", help="write the demo clips and their suggested questions")
@@ -490,7 +505,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(TrainConfig.threads)
             got = text_probe(args.out, args.model, args.seed, args.pattern, steps=args.steps, lr=args.lr, every=args.every,
                              timelines=args.timelines, questions=args.questions, lookups=args.lookups,
-                             chains=args.chains, held_out=args.held_out)
+                             chains=args.chains, windows=args.windows, held_out=args.held_out)
             print(json.dumps(got))
             return 0
         if args.command == "demo":
@@ -510,7 +525,9 @@ def main(argv=None) -> int:
         if args.clips is not None:
             cfg.train_bands = tuple((lo, hi, max(1, round(n * args.clips))) for lo, hi, n in cfg.train_bands)
         data = args.data / f"seed{args.seed}"
-        m = run(args.out, cfg, data, evaluate=not args.no_eval, phase1_from=args.phase1_from)
+        if args.init is not None and args.phase1_from is not None:
+            raise ValueError("--init continues a checkpoint with phase 1; --phase1-from runs phase 2 alone: give one")
+        m = run(args.out, cfg, data, evaluate=not args.no_eval, phase1_from=args.phase1_from, init=args.init)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

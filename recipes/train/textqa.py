@@ -30,7 +30,7 @@ from app.encoder_service import frame_label
 from fusion.prompt import question_tail, stream_header
 from fusion.stream import IMG_END, IMG_START, SO_END, SO_START, audio_chunk_label
 
-from .data import chain_rows, chunk_caption, lookup_rows, prompt_and_target
+from .data import chain_rows, chunk_caption, lookup_rows, prompt_and_target, route_chains, window_rows
 
 
 def chunk_layout(timeline: dict, fps: float = 1.0, audio_clip_s: float = 2.0, temporal_patch: int = 2) -> list[dict]:
@@ -133,13 +133,15 @@ def text_accuracy(decoder, tok, sets: list[tuple[dict, list[dict]]], max_new_tok
 
 def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, timelines: int = 2,
                lengths: tuple[float, float] = (20.0, 60.0), questions: int = 12, lookups: int = 24,
-               chains: int = 0, held_out: int = 12, every: int = 250, recall_rows: int = 16,
+               chains: int = 0, windows: int = 0, held_out: int = 12, every: int = 250, recall_rows: int = 16,
                progress: bool = True) -> dict:
     """`steps` of AdamW (constant `lr` after a 50-step warm-up; experts balanced as in training) on
-    `timelines` fresh timelines a step, each with up to `questions` questions, `lookups` lookup rows
-    and `chains` two-lookup rows (data.chain_rows), plus `recall_rows` rows of the recall phase's
-    last stage (weight 0.5, as in the clip steps). Held-out accuracy on `held_out` fixed timelines
-    at the start and every `every` steps, one JSON line each in `log_path`. Returns the evaluations."""
+    `timelines` fresh timelines a step, each with up to `questions` questions (the chained ones'
+    reasoning through the captions they read, data.route_chains), `lookups` lookup rows, `chains`
+    chained rows (data.chain_rows) and `windows` rows asking a chunk's caption by its second
+    (data.window_rows), plus `recall_rows` rows of the recall phase's last stage (weight 0.5, as in
+    the clip steps). Held-out accuracy on `held_out` fixed timelines at the start and every `every`
+    steps, one JSON line each in `log_path`. Returns the evaluations."""
     from tqdm import tqdm
 
     from .config import TrainConfig
@@ -177,10 +179,14 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
             loss = 0.0
             for k in range(timelines):
                 timeline, items = draw(rng, *lengths, f"s{seed}-t{step}-{k}")
-                looks, chained = lookup_rows(timeline), chain_rows(timeline) if chains else []
-                rows = text_rows(tok, pick.sample(items, min(questions, len(items))),
+                layout = chunk_layout(timeline)
+                looks = lookup_rows(timeline)
+                chained = chain_rows(timeline, layout) if chains else []
+                by_second = window_rows(timeline, layout) if windows else []
+                rows = text_rows(tok, pick.sample(route_chains(timeline, layout, items), min(questions, len(items))),
                                  pick.sample(looks, min(lookups, len(looks)))
-                                 + pick.sample(chained, min(chains, len(chained))))
+                                 + pick.sample(chained, min(chains, len(chained)))
+                                 + pick.sample(by_second, min(windows, len(by_second))))
                 loss = loss + text_loss(decoder, tok, timeline, rows) / timelines
             total = loss
             if recall_task is not None:

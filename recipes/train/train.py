@@ -33,7 +33,8 @@ from fusion.prompt import question_tail, stream_header
 from fusion.stream import EvsStream, chunk_input
 from kernels.moe import route
 
-from .data import Clip, chunk_caption, lookup_rows, prompt_and_target, timeline_prompt_and_target
+from .data import (Clip, chunk_caption, lookup_rows, prompt_and_target, route_chains, timeline_prompt_and_target,
+                   window_rows)
 from .recall import RecallTask, chat_gap, recall_batch, recall_loss, stage_task
 
 # NemotronH.forward runs under inference_mode; its body is autograd-safe (the training paths of
@@ -360,8 +361,13 @@ def train(trainer: Trainer, clips: list[Clip], cfg, log_path: Path, val_clips: l
             t0 = time.perf_counter()
             timeline = rng.random() < cfg.timeline_share
             captioned = {k for k in range(len(clip.meta)) if rng.random() < cfg.caption_share}
+            if cfg.quote_chains:
+                items = route_chains(clip.timeline, clip.meta, items)
             lookups = lookup_rows(clip.timeline)
             lookups = rng.sample(lookups, min(len(lookups), cfg.lookup_rows))
+            if cfg.window_rows:
+                by_second = window_rows(clip.timeline, clip.meta)
+                lookups += rng.sample(by_second, min(len(by_second), cfg.window_rows))
             loss, stats = trainer.loss(clip, items, timeline, evs_rate, cfg.context_weight, captioned, cfg.caption_weight,
                                        lookups)
             total = loss
