@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from app.evaluate import best_choice, choice_ids
 from engine.generate import BatchDecoder, SamplingParams, Session
 from engine.tokenizer import THINK_END, ReasoningBudget
 from fusion.stream import EmbeddingChunk, Narration, Narrator, chunk_input
@@ -41,6 +42,8 @@ class ResponseRequest:
     tail: str                          # text after the stream (see question_tail)
     params: SamplingParams
     reasoning_budget: int | None = None
+    # guided choice: the answer after the reasoning is the one of these the model finds likeliest
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ class _Answer:
     fork: Session
     params: SamplingParams
     budget: ReasoningBudget | None
+    choices: tuple[str, ...] | None = None
     produced: int = 0
     last: int | None = None
 
@@ -279,11 +283,27 @@ class EngineLoop:
             close = self.tokenizer.encode("\n") + [self._think_end]
             budget = ReasoningBudget(max(1, req.reasoning_budget), self._think_end, close)
         params = replace(req.params, stop_ids=tuple(req.params.stop_ids) or self.stop_ids)
-        ans = _Answer(handle, req.session, fork, params, budget)
+        if req.choices and self._think_end is not None:     # the reasoning stops at </think>; then `_choose`
+            params = replace(params, stop_ids=params.stop_ids + (self._think_end,))
+        ans = _Answer(handle, req.session, fork, params, budget, req.choices)
         self._answers[req.response_id] = ans
         if params.max_new_tokens == 0:
             return self._finish(ans, "incomplete", "max_output_tokens", out)
+        if req.choices and (self._think_end is None or ids[-1:] == [self._think_end]):   # no reasoning to write
+            return self._choose(ans, out)
         self._batch.join(fork, params)
+
+    def _choose(self, ans: _Answer, out: list) -> None:
+        """A guided-choice answer after its reasoning: the choice the model gives the highest
+        likelihood (app.evaluate.best_choice, as `python -m app eval --guided-choice` scores),
+        written out and ended, within the answer's token limit."""
+        whole = choice_ids(self.tokenizer, best_choice(ans.fork, self.tokenizer, list(ans.choices)))
+        ids = whole[:ans.params.max_new_tokens - ans.produced]
+        for t in ids:
+            out.append(lambda h=ans.handle, t=t: _deliver(h, t))
+        ans.produced += len(ids)
+        done = len(ids) == len(whole)
+        self._finish(ans, "completed" if done else "incomplete", None if done else "max_output_tokens", out)
 
     def _decode_step(self, out: list) -> None:
         by_fork = {id(a.fork): a for a in self._answers.values()}
@@ -305,11 +325,13 @@ class EngineLoop:
                     ans.produced += len(forced)
                     ans.last = forced[-1]
                 left = ans.params.max_new_tokens - ans.produced
-                if left > 0:
+                if left > 0 and not (ans.choices and ans.last == self._think_end):
                     self._batch.join(sess, replace(ans.params, max_new_tokens=left))
         for ans in list(self._answers.values()):
             if not self._batch.has(ans.fork):
-                if ans.last in ans.params.stop_ids:
+                if ans.choices and ans.last == self._think_end and ans.produced < ans.params.max_new_tokens:
+                    self._choose(ans, out)
+                elif ans.last in ans.params.stop_ids:
                     self._finish(ans, "completed", None, out)
                 else:
                     self._finish(ans, "incomplete", "max_output_tokens", out)

@@ -425,15 +425,19 @@ def answer_from(session, tok, questions: list[str], *, choices=None, max_new_tok
     return answers
 
 
+def choice_ids(tok, text: str) -> list[int]:
+    """The tokens of `text` written as the answer after `</think>`: a newline, the text, the end of the turn."""
+    return tok.encode("\n" + text) + [tok.token_id("<|im_end|>") if tok.has_token("<|im_end|>") else tok.eos_ids[0]]
+
+
 def best_choice(session, tok, candidates: list[str]) -> str:
     """The candidate answer (written after `</think>` and a newline, then ended) that `session`
     gives the highest log-likelihood; the first of equals."""
     import torch
 
-    end = tok.token_id("<|im_end|>") if tok.has_token("<|im_end|>") else tok.eos_ids[0]
     best, best_lp = candidates[0], -math.inf
     for text in candidates:
-        ids = tok.encode("\n" + text) + [end]
+        ids = choice_ids(tok, text)
         logits = session.logits
         if len(ids) > 1:
             fork = session.fork()

@@ -4,7 +4,8 @@ Messages are OpenAI chat messages; user content may be a string or a list of par
 `image_url` ({url}), `input_audio` ({data, format}), `video_url` ({url}). Media must be inline
 (base64 data URLs, or base64 `data` for input_audio): the server fetches nothing and opens no
 path a client names. `chat_template_kwargs: {enable_thinking: false}` turns reasoning off as on
-vLLM. The conversation renders with the model's chat template; each medium becomes chunks from
+vLLM, and `guided_choice: [...]` (vLLM's field) makes the answer, after the reasoning, the one of
+those strings the model finds likeliest. The conversation renders with the model's chat template; each medium becomes chunks from
 the encoder service, prefilled in place between the text around it, in a throwaway engine
 session. `stream: true` answers with server-sent events (`chat.completion.chunk`, then
 `data: [DONE]`).
@@ -22,7 +23,7 @@ from engine.tokenizer import StreamDecoder, build_chat_prompt
 
 from .engine_loop import ResponseRequest
 from .link import Control, Media, PoolError
-from .realtime import ProtocolError, number_field, check_image, decode_base64, sampling_params
+from .realtime import ProtocolError, check_image, choices_field, decode_base64, number_field, sampling_params
 
 _MARK = "\x00"
 
@@ -132,6 +133,7 @@ async def chat_completion(hub, body: dict):
         raise ProtocolError("invalid_json", "the body must be a JSON object")
     messages, media = parse_messages(body, limits.max_file_bytes)
     params, reasoning = _sampling(body, limits)
+    choices = choices_field(body.get("guided_choice"), "guided_choice")     # vLLM's name for it
     kinds = {k for k, _ in media}
     if kinds & {"image", "video_file"} and hub.capabilities.get("vision") is False:
         raise ProtocolError("invalid_image", "this model has no vision encoder: it takes no images or video")
@@ -158,7 +160,8 @@ async def chat_completion(hub, body: dict):
                     raise ProtocolError(*sink.error)
                 if text is not None:
                     await engine.append(sid, text)
-        handle = await engine.respond(ResponseRequest(f"chatcmpl-{secrets.token_hex(8)}", sid, pieces[-1], params))
+        handle = await engine.respond(ResponseRequest(f"chatcmpl-{secrets.token_hex(8)}", sid, pieces[-1], params,
+                                                      choices=choices))
     except BaseException:
         await _cleanup(hub, sid, bool(media))
         raise

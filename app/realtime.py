@@ -90,6 +90,23 @@ def sampling_params(body: dict, max_tokens: int, where: str = "") -> SamplingPar
                           seed=number_field(body, "seed", 0, 2 ** 63 - 1, None, True, where))
 
 
+MAX_CHOICES, MAX_CHOICE_CHARS = 26, 1000
+
+
+def choices_field(value, where: str) -> tuple[str, ...] | None:
+    """A guided-choice list (None: free answer): 2 to MAX_CHOICES distinct non-empty strings of at
+    most MAX_CHOICE_CHARS characters each."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not 2 <= len(value) <= MAX_CHOICES
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_CHOICE_CHARS for v in value)
+            or len(set(value)) != len(value)):
+        raise ProtocolError("invalid_value", f"{where} must be a list of 2 to {MAX_CHOICES} distinct non-empty strings "
+                                             f"of at most {MAX_CHOICE_CHARS} characters (the answers to choose from)",
+                            where)
+    return tuple(value)
+
+
 def error_event(code: str, message: str, param=None, event_id=None, type_="invalid_request_error") -> dict:
     return {"type": "error", "error": {"type": type_, "code": code, "message": message, "param": param,
                                        "event_id": event_id}}
@@ -191,6 +208,7 @@ class _Response:
     reasoning: bool
     budget: int | None
     sampling: SamplingParams
+    choices: tuple[str, ...] | None = None
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     handle: object = None
@@ -326,9 +344,10 @@ class RealtimeSession:
             raise ProtocolError("invalid_value", "response.omni: reasoning is a boolean, reasoning_budget a positive "
                                                  "integer or null", "response.omni")
         sampling = sampling_params(omni, max_tokens, "response.omni.")
+        choices = choices_field(omni.get("choices"), "response.omni.choices")
         question = "\n".join(x for x in (self.extra_instructions, instructions or "", *self.pending_text) if x)
         self.pending_text = []
-        resp = _Response(_id("resp"), _id("item"), question, max_tokens, reasoning, budget, sampling)
+        resp = _Response(_id("resp"), _id("item"), question, max_tokens, reasoning, budget, sampling, choices)
         self.response = resp
         await self.ensure_engine()
         if self.feed_open:                       # media first: the encoder flushes, then we answer
@@ -370,7 +389,7 @@ class RealtimeSession:
             if not resp.cancelled:
                 handle = await self.hub.engine.respond(ResponseRequest(
                     resp.id, self.id, question_tail(resp.question, resp.reasoning),
-                    resp.sampling, resp.budget if resp.reasoning else None))
+                    resp.sampling, resp.budget if resp.reasoning else None, resp.choices))
                 resp.handle = handle
                 if resp.cancelled:
                     await self.hub.engine.cancel(resp.id)

@@ -113,6 +113,8 @@ BAD = [
      "invalid_video"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (3 << 20)}), "payload_too_large"),
     (json.dumps({"type": "response.create", "response": {"omni": {"temperature": 9}}}), "invalid_value"),
+    (json.dumps({"type": "response.create", "response": {"omni": {"choices": ["only one"]}}}), "invalid_value"),
+    (json.dumps({"type": "response.create", "response": {"omni": {"choices": ["same", "same"]}}}), "invalid_value"),
 ]
 
 
@@ -132,11 +134,14 @@ def test_bad_input_gets_the_right_error_code_and_the_session_lives_on(media_serv
             await ws.send(b"\x01\x00")                        # binary media is off by default
             codes.append(((await events_until(ws, "error"))["error"]["code"], None))
             seen = await ask(ws, "still there?", max_output_tokens=3)
-            return codes, seen
-    codes, seen = run(main())
+            chosen = await ask(ws, "yes or no?", max_output_tokens=40, omni={"choices": ["yes", "no"], "reasoning": False})
+            return codes, seen, chosen
+    codes, seen, chosen = run(main())
     assert [c for c, _ in codes] == [code for _, code in BAD] + ["binary_media_disabled"]
     assert codes[2][1] == "evt_2"                              # the client's event id comes back
     assert seen[-1]["response"]["status"] == "incomplete"
+    done = chosen[-1]["response"]                              # guided choice: the answer is one of them
+    assert done["status"] == "completed" and done["output"][0]["content"][0]["text"].strip() in ("yes", "no")
 
 
 def test_binary_frames_and_a_frame_that_is_not_an_image(media_server):
@@ -400,6 +405,11 @@ def test_chat_completions_plain_and_streaming(scripted):
     with pytest.raises(urllib.error.HTTPError) as e:
         post({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
     assert e.value.code == 400 and json.loads(e.value.read())["error"]["code"] == "invalid_image"
+    picked = json.loads(post({**body, "guided_choice": ["[9 s]", "[3 s]"]}))    # vLLM's guided choice
+    assert picked["choices"][0]["message"]["content"].strip() in ("[9 s]", "[3 s]")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post({**body, "guided_choice": "[3 s]"})
+    assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == "guided_choice"
 
 
 # ---- conformance: the official openai SDK -----------------------------------------------------------

@@ -305,6 +305,47 @@ def test_cancel_and_reasoning_budget(model):
     assert missing.status == "failed" and missing.reason == "session_not_found" and out_c == []
 
 
+def test_guided_choice_answers_with_the_likeliest_choice_after_the_reasoning(model):
+    """With `choices`, the reasoning is decoded as usual up to `</think>` (here closed by the
+    reasoning budget), then the answer is the choice the model gives the highest likelihood from
+    there (app.evaluate.best_choice), written out and ended; with reasoning off it is chosen at
+    once; a token limit that cuts the choice leaves the answer incomplete."""
+    from app.evaluate import best_choice, choice_ids
+
+    dec, tok = model
+    choices = ("a red star", "the word CAT", "a falling sweep")
+    q = "What is seen first?"
+
+    async def main():
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27)
+        await e.start()
+        await e.open_session("s", stream_header(), print)
+        await e.append("s", "(seen: a red star 0.0-3.0) (heard: a falling sweep 1.0-1.5) ")
+        got = []
+        for rid, tail, budget, limit in (("think", question_tail(q), 4, 64), ("direct", question_tail(q, False), None, 64),
+                                         ("cut", question_tail(q), 4, 8)):
+            h = await e.respond(ResponseRequest(rid, "s", tail, SamplingParams(max_new_tokens=limit),
+                                                reasoning_budget=budget, choices=choices))
+            got.append((h, [t async for t in h]))
+        await e.stop()
+        return got
+
+    (think, out), (direct, out_direct), (cut, out_cut) = asyncio.run(main())
+    end = tok.token_id("</think>")
+    ref = Session(dec)
+    ref.prefill(tok.encode(stream_header() + "(seen: a red star 0.0-3.0) (heard: a falling sweep 1.0-1.5) "))
+    k = out.index(end)
+    f = ref.fork()
+    f.prefill(tok.encode(question_tail(q)) + out[:k + 1])
+    assert k <= 6 and out[k + 1:] == choice_ids(tok, best_choice(f, tok, list(choices)))
+    assert think.status == "completed" and tok.decode(out[k + 1:-1]).strip() in choices
+    f = ref.fork()
+    f.prefill(tok.encode(question_tail(q, False)))
+    assert out_direct == choice_ids(tok, best_choice(f, tok, list(choices))) and direct.status == "completed"
+    assert len(out_cut) == 8 and out_cut[:k + 1] == out[:k + 1] and out_cut == out[:8]
+    assert cut.status == "incomplete" and cut.reason == "max_output_tokens"
+
+
 # ---- VAD ---------------------------------------------------------------------------------------------
 
 def test_turn_detector_events_on_the_stream_clock():
