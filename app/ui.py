@@ -203,6 +203,8 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
                 question.render()
                 with gr.Row():
                     reasoning = gr.Checkbox(True, label="Reasoning", elem_id="omni-reasoning", min_width=100)
+                    guided = gr.Checkbox(True, label="Answer with one of the question's options", elem_id="omni-guided",
+                                         min_width=140)
                     budget = gr.Slider(0, 4096, value=0, step=64, label="Reasoning budget (tokens, 0: no limit)",
                                        elem_id="omni-budget", min_width=180)
                 with gr.Row():
@@ -224,9 +226,9 @@ def build_ui(model_note: str = "", demo_dir: Path = DEMO_DIR, api_key_box: bool 
         cam.click(None, None, None, js="() => { window.omniUI.startCamera(); }")
         stop.click(None, None, None, js="() => { window.omniUI.stopLive(); }")
         voice_turns.change(None, [voice_turns], None, js="(vad) => { window.omniUI.setVoiceTurns(vad); }")
-        asked = ("(q, r, b, m, t, p) => { window.omniUI.ask(q, {reasoning: r, budget: b, maxTokens: m, "
-                 "temperature: t, topP: p}); }")
-        ask_inputs = [question, reasoning, budget, max_tokens, temperature, top_p]
+        asked = ("(q, r, b, m, t, p, g) => { window.omniUI.ask(q, {reasoning: r, budget: b, maxTokens: m, "
+                 "temperature: t, topP: p, guided: g}); }")
+        ask_inputs = [question, reasoning, budget, max_tokens, temperature, top_p, guided]
         ask.click(None, ask_inputs, None, js=asked)
         question.submit(None, ask_inputs, None, js=asked)
         cancel.click(None, None, None, js="() => { window.omniUI.cancel(); }")

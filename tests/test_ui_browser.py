@@ -70,15 +70,19 @@ class Page:
                                        permissions=["microphone", "camera"])
         self.page = self.ctx.new_page()
         self.server = server
-        self.requests, self.bad, self.errors, self.sent, self.got = [], [], [], [], []
+        self.requests, self.bad, self.errors, self.sent, self.sent_events, self.got = [], [], [], [], [], []
         self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.on("response", lambda r: self.bad.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("websocket", self._socket)
 
     def _socket(self, ws):
-        ws.on("framesent", lambda m: self.sent.append(json.loads(m).get("type")) if isinstance(m, str) else None)
+        ws.on("framesent", lambda m: self._sent(json.loads(m)) if isinstance(m, str) else None)
         ws.on("framereceived", lambda m: self.got.append(json.loads(m)) if isinstance(m, str) else None)
+
+    def _sent(self, event: dict):
+        self.sent.append(event.get("type"))
+        self.sent_events.append(event)
 
     def open(self, model: str = "scripted-omni"):
         """Load the UI and wait until its model line names `model`."""
@@ -89,13 +93,14 @@ class Page:
     def shot(self, name):
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
-    def ask(self, question=None, reasoning=True):
+    def ask(self, question=None, reasoning=True, guided=True):
         p = self.page
         if question is not None:
             p.locator("#omni-question textarea").fill(question)
-        box = p.locator("#omni-reasoning input[type=checkbox]")
-        if box.is_checked() != reasoning:
-            box.click()
+        for box, on in (("#omni-reasoning", reasoning), ("#omni-guided", guided)):
+            box = p.locator(f"{box} input[type=checkbox]")
+            if box.is_checked() != on:
+                box.click()
         n = p.locator(".omni-turn").count()
         p.locator("#omni-ask").click()
         p.wait_for_function(f"document.querySelectorAll('.omni-turn').length > {n} && "
@@ -151,7 +156,8 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     p.evaluate("""() => { window.__states = new Set(); const a = document.querySelector('.omni-answers');
         new MutationObserver(() => { const t = a.querySelector('.omni-turn'); if (t) __states.add(t.innerText); })
             .observe(a, {subtree: true, childList: true, characterData: true}); }""")
-    turn = ui.ask()
+    turn = ui.ask(guided=False)
+    assert "choices" not in ui.sent_events[-1]["response"]["omni"]
     assert int(turn.get_attribute("data-deltas")) >= 10                    # token by token over the socket
     assert p.evaluate("__states.size") >= 10                              # and drawn as it came
     steps = turn.locator(".omni-step")
@@ -182,6 +188,15 @@ def test_demo_clip_answer_streams_with_timestamps_and_a_click_seeks_the_player(u
     assert head == pytest.approx(100 * REASONING_SPAN_MS[0] / 1000 / CLIP_S, abs=0.5)
     p.wait_for_function("(v => !v.seeking && v.readyState >= 2)(document.querySelector('.omni-player video'))")
     ui.shot("04-seeked-to-the-reasoning-step")
+    # guided choice (on by default): the question's options go with the request, the answer is one of them
+    options = [line.split(") ", 1)[1] for line in p.locator("#omni-question textarea").input_value().splitlines()
+               if line[:1] == "(" and line[2:4] == ") "]
+    assert len(options) >= 2
+    turn = ui.ask()
+    assert ui.sent_events[-1]["response"]["omni"]["choices"] == options
+    done = [e for e in ui.got if e["type"] == "response.done"][-1]["response"]
+    assert done["output"][0]["content"][0]["text"].rpartition("</think>")[2].strip() in options
+    assert turn.locator(".omni-answer-text .omni-chip").count() == 1       # drawn as the others: a span chip
     ui.check_clean()
 
 

@@ -58,6 +58,17 @@
     return a.end_ms > a.start_ms ? fmtTime(a.start_ms) + "\u2013" + fmtTime(a.end_ms) : fmtTime(a.start_ms);
   }
 
+  // The options of a multiple-choice question, one a line as `(A) text` (app.evaluate.question_prompt
+  // writes them so): their texts, or null when there are fewer than two or they repeat.
+  function optionTexts(question) {
+    const texts = [];
+    for (const line of question.split("\n")) {
+      const m = /^\(([A-Z])\)\s+(\S.*)$/.exec(line.trim());
+      if (m) texts.push(m[2].trim());
+    }
+    return texts.length >= 2 && texts.length <= 26 && new Set(texts).size === texts.length ? texts : null;
+  }
+
   function kindOf(name, mime) {
     const ext = (name.split(".").pop() || "").toLowerCase();
     if (mime && mime.startsWith("audio/") && !IMAGE_EXT.includes(ext)) return "audio";
@@ -561,10 +572,11 @@
       turn.askedAt = performance.now();
       os.send({type: "conversation.item.create",
                item: {type: "message", role: "user", content: [{type: "input_text", text: question}]}});
-      os.send({type: "response.create", response: {max_output_tokens: Math.round(Number(opts.maxTokens) || 512),
-                                                    omni: {reasoning: opts.reasoning !== false, reasoning_budget: budget,
-                                                           temperature: Number(opts.temperature) || 0,
-                                                           top_p: Number(opts.topP) || 1}}});
+      const omni = {reasoning: opts.reasoning !== false, reasoning_budget: budget,
+                    temperature: Number(opts.temperature) || 0, top_p: Number(opts.topP) || 1};
+      const choices = opts.guided === false ? null : optionTexts(question);
+      if (choices) omni.choices = choices;       // guided choice: the answer is one of the options
+      os.send({type: "response.create", response: {max_output_tokens: Math.round(Number(opts.maxTokens) || 512), omni}});
     }
 
     cancel() {
