@@ -297,8 +297,11 @@ class EngineLoop:
         """A guided-choice answer after its reasoning: the choice the model gives the highest
         likelihood (app.evaluate.best_choice, as `python -m app eval --guided-choice` scores),
         written out and ended, within the answer's token limit."""
+        room = ans.params.max_new_tokens - ans.produced
+        if room <= 0:
+            return self._finish(ans, "incomplete", "max_output_tokens", out)
         whole = choice_ids(self.tokenizer, best_choice(ans.fork, self.tokenizer, list(ans.choices)))
-        ids = whole[:ans.params.max_new_tokens - ans.produced]
+        ids = whole[:room]
         for t in ids:
             out.append(lambda h=ans.handle, t=t: _deliver(h, t))
         ans.produced += len(ids)
@@ -329,7 +332,7 @@ class EngineLoop:
                     self._batch.join(sess, replace(ans.params, max_new_tokens=left))
         for ans in list(self._answers.values()):
             if not self._batch.has(ans.fork):
-                if ans.choices and ans.last == self._think_end and ans.produced < ans.params.max_new_tokens:
+                if ans.choices and ans.last == self._think_end:      # the reasoning is done: choose
                     self._choose(ans, out)
                 elif ans.last in ans.params.stop_ids:
                     self._finish(ans, "completed", None, out)

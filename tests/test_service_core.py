@@ -327,10 +327,14 @@ def test_guided_choice_answers_with_the_likeliest_choice_after_the_reasoning(mod
             h = await e.respond(ResponseRequest(rid, "s", tail, SamplingParams(max_new_tokens=limit),
                                                 reasoning_budget=budget, choices=choices))
             got.append((h, [t async for t in h]))
+        spent = got[0][1].index(tok.token_id("</think>")) + 1      # a limit the reasoning uses up
+        h = await e.respond(ResponseRequest("full", "s", question_tail(q), SamplingParams(max_new_tokens=spent),
+                                            reasoning_budget=4, choices=choices))
+        got.append((h, [t async for t in h]))
         await e.stop()
         return got
 
-    (think, out), (direct, out_direct), (cut, out_cut) = asyncio.run(main())
+    (think, out), (direct, out_direct), (cut, out_cut), (full, out_full) = asyncio.run(main())
     end = tok.token_id("</think>")
     ref = Session(dec)
     ref.prefill(tok.encode(stream_header() + "(seen: a red star 0.0-3.0) (heard: a falling sweep 1.0-1.5) "))
@@ -344,6 +348,8 @@ def test_guided_choice_answers_with_the_likeliest_choice_after_the_reasoning(mod
     assert out_direct == choice_ids(tok, best_choice(f, tok, list(choices))) and direct.status == "completed"
     assert len(out_cut) == 8 and out_cut[:k + 1] == out[:k + 1] and out_cut == out[:8]
     assert cut.status == "incomplete" and cut.reason == "max_output_tokens"
+    assert out_full == out[:k + 1]
+    assert full.status == "incomplete" and full.reason == "max_output_tokens"
 
 
 # ---- VAD ---------------------------------------------------------------------------------------------
