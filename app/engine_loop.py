@@ -290,6 +290,7 @@ class EngineLoop:
         if params.max_new_tokens == 0:
             return self._finish(ans, "incomplete", "max_output_tokens", out)
         if req.choices and (self._think_end is None or ids[-1:] == [self._think_end]):   # no reasoning to write
+            ans.last = self._think_end
             return self._choose(ans, out)
         self._batch.join(fork, params)
 
@@ -300,7 +301,10 @@ class EngineLoop:
         room = ans.params.max_new_tokens - ans.produced
         if room <= 0:
             return self._finish(ans, "incomplete", "max_output_tokens", out)
-        whole = choice_ids(self.tokenizer, best_choice(ans.fork, self.tokenizer, list(ans.choices)))
+        close = [] if ans.last == self._think_end or self._think_end is None else [self._think_end]
+        if close:             # the turn ended inside the reasoning: close it, as eval --guided-choice does
+            ans.fork.prefill(close)
+        whole = close + choice_ids(self.tokenizer, best_choice(ans.fork, self.tokenizer, list(ans.choices)))
         ids = whole[:room]
         for t in ids:
             out.append(lambda h=ans.handle, t=t: _deliver(h, t))
@@ -332,8 +336,8 @@ class EngineLoop:
                     self._batch.join(sess, replace(ans.params, max_new_tokens=left))
         for ans in list(self._answers.values()):
             if not self._batch.has(ans.fork):
-                if ans.choices and ans.last == self._think_end:      # the reasoning is done: choose
-                    self._choose(ans, out)
+                if ans.choices and (ans.last == self._think_end or ans.last in ans.params.stop_ids):
+                    self._choose(ans, out)                          # the reasoning is done: choose
                 elif ans.last in ans.params.stop_ids:
                     self._finish(ans, "completed", None, out)
                 else:

@@ -331,10 +331,14 @@ def test_guided_choice_answers_with_the_likeliest_choice_after_the_reasoning(mod
         h = await e.respond(ResponseRequest("full", "s", question_tail(q), SamplingParams(max_new_tokens=spent),
                                             reasoning_budget=4, choices=choices))
         got.append((h, [t async for t in h]))
+        first = got[0][1][0]                  # a turn that ends inside its reasoning: the first token stops it
+        h = await e.respond(ResponseRequest("ended", "s", question_tail(q),
+                                            SamplingParams(max_new_tokens=64, stop_ids=(first,)), choices=choices))
+        got.append((h, [t async for t in h]))
         await e.stop()
         return got
 
-    (think, out), (direct, out_direct), (cut, out_cut), (full, out_full) = asyncio.run(main())
+    (think, out), (direct, out_direct), (cut, out_cut), (full, out_full), (ended, out_ended) = asyncio.run(main())
     end = tok.token_id("</think>")
     ref = Session(dec)
     ref.prefill(tok.encode(stream_header() + "(seen: a red star 0.0-3.0) (heard: a falling sweep 1.0-1.5) "))
@@ -350,6 +354,10 @@ def test_guided_choice_answers_with_the_likeliest_choice_after_the_reasoning(mod
     assert cut.status == "incomplete" and cut.reason == "max_output_tokens"
     assert out_full == out[:k + 1]
     assert full.status == "incomplete" and full.reason == "max_output_tokens"
+    f = ref.fork()                            # closed for it, then the choice, as eval --guided-choice does
+    f.prefill(tok.encode(question_tail(q)) + [out[0], end])
+    assert out_ended == [out[0], end] + choice_ids(tok, best_choice(f, tok, list(choices)))
+    assert ended.status == "completed"
 
 
 # ---- VAD ---------------------------------------------------------------------------------------------
