@@ -332,12 +332,12 @@ class EngineLoop:
                     ans.produced += len(forced)
                     ans.last = forced[-1]
                 left = ans.params.max_new_tokens - ans.produced
-                if left > 0 and not (ans.choices and ans.last == self._think_end):
+                if left > 0 and ans.last not in ans.params.stop_ids:      # a forced stop ends it too
                     self._batch.join(sess, replace(ans.params, max_new_tokens=left))
         for ans in list(self._answers.values()):
             if not self._batch.has(ans.fork):
-                if ans.choices and (ans.last == self._think_end or ans.last in ans.params.stop_ids):
-                    self._choose(ans, out)                          # the reasoning is done: choose
+                if ans.choices and ans.last in ans.params.stop_ids:     # the reasoning is done: choose
+                    self._choose(ans, out)
                 elif ans.last in ans.params.stop_ids:
                     self._finish(ans, "completed", None, out)
                 else:

@@ -250,11 +250,10 @@ def lookup_rows(timeline: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def chunk_holding(chunks: list[dict], modality: str, t: float) -> dict:
-    """The `modality` chunk (of a session's `chunks`, in order) that second `t` falls in: the last
-    one starting at or before `t` (the first, for a `t` before them all)."""
-    own = [c for c in chunks if c["modality"] == modality]
-    return next((c for c, after in zip(own, own[1:]) if t < after["t0"]), own[-1])
+def chunk_holding(own: list[dict], t: float) -> int:
+    """The index, in `own` (one modality's chunks, in order), of the chunk second `t` falls in: the
+    last one starting at or before `t` (the first, for a `t` before them all)."""
+    return next((k for k, after in enumerate(own[1:]) if t < after["t0"]), len(own) - 1)
 
 
 def quoted_chains(timeline: dict, chunks: list[dict]) -> dict[str, tuple[list[str], str]]:
@@ -279,29 +278,27 @@ def quoted_chains(timeline: dict, chunks: list[dict]) -> dict[str, tuple[list[st
 
     tl = Timeline.from_json(timeline)
     audio = [c for c in chunks if c["modality"] == "audio"]
+    video = [c for c in chunks if c["modality"] == "video"]
 
     def quote(chunk: dict) -> str:
         return chunk_caption(timeline, chunk).rstrip()
 
     def heard_between(t_from: float, t_to: float) -> list[str]:
-        i, j = (audio.index(chunk_holding(audio, "audio", t)) for t in (t_from, t_to))
-        return [quote(c) for c in audio[i:j + 1]]
+        return [quote(c) for c in audio[chunk_holding(audio, t_from):chunk_holding(audio, t_to) + 1]]
 
-    out = {}
-    for a, b in after_pool(tl):
-        question, steps, answer = after_question(a, b)
-        out[question] = [heard_between((a.t0 + a.t1) / 2, (b.t0 + b.t1) / 2)], steps, answer
+    def chain(made, quoted: list[str]) -> tuple[str, tuple[list[str], str]]:
+        question, steps, answer = made
+        return question, ([format_step(*steps[0]), *quoted, format_step(*steps[1])], answer)
+
+    out = dict(chain(after_question(a, b), heard_between((a.t0 + a.t1) / 2, (b.t0 + b.t1) / 2))
+               for a, b in after_pool(tl))
     for w, o in said_pool(tl):
-        question, steps, answer = said_question(w, o)
-        shown = [c for c in (chunk_holding(chunks, "video", t) for t in (w.t0, math.ceil(w.t0), w.t1))
+        shown = [c for c in (video[chunk_holding(video, t)] for t in (w.t0, math.ceil(w.t0), w.t1))
                  if any(e["id"] == o.id for e in caption_events(timeline, c))]
         if shown:
-            out[question] = [[quote(shown[0])]], steps, answer
-    for o, w in while_pool(tl):
-        question, steps, answer = while_question(o, w)
-        out[question] = [heard_between(o.t0, (w.t0 + w.t1) / 2)], steps, answer
-    return {q: ([format_step(*steps[0]), *quoted[0], format_step(*steps[1])], answer)
-            for q, (quoted, steps, answer) in out.items()}
+            out.update([chain(said_question(w, o), [quote(shown[0])])])
+    out.update(chain(while_question(o, w), heard_between(o.t0, (w.t0 + w.t1) / 2)) for o, w in while_pool(tl))
+    return out
 
 
 def chain_rows(timeline: dict, chunks: list[dict]) -> list[tuple[str, str, str]]:

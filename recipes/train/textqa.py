@@ -179,11 +179,12 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
             loss = 0.0
             for k in range(timelines):
                 timeline, items = draw(rng, *lengths, f"s{seed}-t{step}-{k}")
-                layout = chunk_layout(timeline)
+                layout = chunk_layout(timeline) if questions or chains or windows else []
                 looks = lookup_rows(timeline)
                 chained = chain_rows(timeline, layout) if chains else []
                 by_second = window_rows(timeline, layout) if windows else []
-                rows = text_rows(tok, pick.sample(route_chains(timeline, layout, items), min(questions, len(items))),
+                asked = route_chains(timeline, layout, items) if questions else []
+                rows = text_rows(tok, pick.sample(asked, min(questions, len(asked))),
                                  pick.sample(looks, min(lookups, len(looks)))
                                  + pick.sample(chained, min(chains, len(chained)))
                                  + pick.sample(by_second, min(windows, len(by_second))))
