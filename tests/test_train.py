@@ -25,7 +25,7 @@ from recipes.train.data import chunk_caption, corpus_texts, load_clip, make_clip
 from recipes.train.model import new_model, save_omni
 from recipes.train.reading import caption_things_at, format_reading, reading_accuracy
 from recipes.train.run import _clips, gold_caption_accuracy, narration_accuracy, refresh_card, run
-from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state
+from recipes.train.train import Batch, ExpertLoad, Trainer, decoder_forward, expand_state, length_groups
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +228,30 @@ def test_shared_prefix_batch_equals_separate_sequences(data):
     assert grads[0][1].keys() == grads[1][1].keys()
     for name in grads[0][1]:
         torch.testing.assert_close(grads[1][1][name], grads[0][1][name], atol=2e-4, rtol=2e-3, msg=name)
+
+
+def test_length_groups_run_the_fewest_padded_tokens():
+    """Every row lands in exactly one batch, batches are runs of the sorted lengths, and the split
+    costs no more than any other split into contiguous runs (checked exhaustively on small sets)."""
+    import itertools
+    import random
+
+    rng = random.Random(3)
+
+    def cost(groups, group_cost):
+        return sum(len(g) * max(len(p) + len(t) for p, t in g) + group_cost for g in groups)
+
+    for n in (1, 2, 5, 9):
+        rows = [([0] * rng.randint(5, 30), [1] * rng.choice([rng.randint(1, 8), rng.randint(60, 200)])) for _ in range(n)]
+        groups = length_groups(rows, max_groups=4, group_cost=40)
+        assert sorted(map(id, (r for g in groups for r in g))) == sorted(map(id, rows))
+        widths = [[len(p) + len(t) for p, t in g] for g in groups]
+        assert all(a[-1] <= b[0] for a, b in zip(widths, widths[1:])) and all(w == sorted(w) for w in widths)
+        order = sorted(rows, key=lambda r: len(r[0]) + len(r[1]))
+        splits = [[order[i:j] for i, j in zip((0,) + cuts, cuts + (n,))]
+                  for k in range(0, min(3, n - 1) + 1) for cuts in itertools.combinations(range(1, n), k)]
+        assert cost(groups, 40) == min(cost(s, 40) for s in splits)
+    assert length_groups([]) == []
 
 
 def test_chunk_captions_are_read_after_their_chunk_alone(data):
