@@ -398,6 +398,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     omni = OmniModel.load(a)
     assert omni.vision is not None and omni.audio is not None
     assert omni.settings.narration.caption("audio", ["a bell"]) == "(heard: a bell) "     # it narrates
+    assert f"`{omni.settings.narration.caption('audio', ['a bell 3.1-3.6'], 2.0)}`" in card    # as its card shows
     # answers with the gold captions in context; 4 tokens cannot close the reasoning, so none is scored
     gold = gold_caption_accuracy(a, folder / "run" / "val", questions_per_clip=2, max_new_tokens=4)
     assert gold["n"] == 2 and gold["accuracy"] == 0.0 and sum(gold["per_skill"].values()) == 0.0

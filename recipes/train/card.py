@@ -88,6 +88,15 @@ def _phase_line(ph: dict, cfg: dict) -> str | None:
     return None
 
 
+def _caption_example(model: dict) -> str:
+    """An audio chunk's caption as the model writes it (its config's stream_narration; runs that
+    did not record it used the plain prefix)."""
+    from fusion.stream import Narration
+
+    raw = model.get("stream_narration") or {"prefix": {"audio": "(heard: ", "video": "(seen: "}, "close": ")"}
+    return Narration.from_dict(raw, "metrics.json model.stream_narration").caption("audio", ["a bell 3.1-3.6"], 2.0)
+
+
 def model_card(metrics: dict) -> str:
     m, d, t = metrics["model"], metrics["data"], metrics["training"]
     cfg, times = metrics["config"], metrics.get("timings", {})
@@ -126,7 +135,7 @@ def model_card(metrics: dict) -> str:
         f"- Loss: {t['first_loss']:.3f} at the first step, {t['final_loss']:.3f} over the last 5% of steps; "
         f"validation loss {t['final_val_loss']} ({t.get('final_val_loss_swapped_media')} with another clip's media in "
         "place of each clip's own).",
-        *([f"- Narration: every chunk is followed by its caption (what it holds, `(heard: a bell) `), which the "
+        *([f"- Narration: every chunk is followed by its caption (what it holds, `{_caption_example(m)}`), which the "
            f"model learns to write and writes itself at inference; {t['caption_tokens']:,} caption tokens predicted; "
            f"held-out caption loss {t['final_val_caption_loss']} ({t['final_val_caption_loss_swapped_media']} with "
            "another clip's media: the gap is what the model reads from the media)."] if t.get("caption_tokens") else []),
