@@ -230,6 +230,20 @@ def test_shared_prefix_batch_equals_separate_sequences(data):
         torch.testing.assert_close(grads[1][1][name], grads[0][1][name], atol=2e-4, rtol=2e-3, msg=name)
 
 
+def test_card_names_the_rows_a_text_phase_trained():
+    """A text phase's card line names every kind of row it trained, and only those."""
+    from recipes.train.card import _phase_line
+
+    ph = {"phase": "text", "steps": 10, "seconds": 60.0, "evals": [{"when_exact": 0.0}, {"when_exact": 0.5}],
+          "rows": {"timelines": 2, "questions": 12, "lookups": 24, "chains": 0, "windows": 24}}
+    line = _phase_line(ph, {})
+    assert "up to 12 questions (chained ones quoting the captions they read), 24 rows asking a chunk's caption" in line
+    assert "chained rows" not in line and "0.0% before, 50.0% after" in line
+    lookups_only = _phase_line({**ph, "rows": {"questions": 0, "lookups": 24}}, {})
+    assert lookups_only == _phase_line({k: v for k, v in ph.items() if k != "rows"}, {})
+    assert "X?\" rows, 1.0 min" in lookups_only
+
+
 def test_length_groups_run_the_fewest_padded_tokens():
     """Every row lands in exactly one batch, batches are runs of the sorted lengths, and the split
     costs no more than any other split into contiguous runs (checked exhaustively on small sets)."""
@@ -378,6 +392,8 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert [s["steps"] for s in phases[1]["stages"]] == [3, 2]
     text = [json.loads(line) for line in (a / "text_log.jsonl").read_text().splitlines()]    # then lookups on text
     assert [r["step"] for r in text] == [0, 2]
+    assert phases[2]["rows"] == {"timelines": 1, "questions": 0, "lookups": 24, "chains": 0, "windows": 0}
+    assert phases[2]["task"] == "lookups on gold captions of fresh timelines"
     assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")

@@ -81,8 +81,14 @@ def _phase_line(ph: dict, cfg: dict) -> str | None:
                 + (f" Then {cfg['recall_mix_rows']} recall rows join every clip step's loss (weight "
                    f"{cfg['recall_mix_weight']}), so the skill is kept." if cfg.get("recall_mix_rows") else ""))
     if ph["phase"] == "text":
+        rows = ph.get("rows", {})
+        more = [f"{rows[k]} {name}" for k, name in (("questions", "questions (chained ones quoting the captions they read)"),
+                                                    ("chains", "chained rows"),
+                                                    ("windows", "rows asking a chunk's caption by its second"))
+                if rows.get(k)]
         return (f"- The lookup on text (`recipes/train/textqa.py`): {ph['steps']} steps on fresh timelines laid out as "
-                "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows, "
+                "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows"
+                + (f" and up to {', '.join(more)}" if more else "") + ", "
                 f"{ph['seconds'] / 60:.1f} min; on held-out timelines, \"When\" questions answered with the exact span: "
                 f"{_pct(ph['evals'][0]['when_exact'])} before, {_pct(ph['evals'][-1]['when_exact'])} after.")
     return None

@@ -204,7 +204,9 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
                 evaluate(step)
     load.remove()
     decoder.eval()
-    return {"steps": steps, "lr": lr, "seed": seed, "seconds": round(time.perf_counter() - start, 1), "evals": evals}
+    return {"steps": steps, "lr": lr, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+            "rows": {"timelines": timelines, "questions": questions, "lookups": lookups, "chains": chains,
+                     "windows": windows}, "evals": evals}
 
 
 def text_probe(out: Path, model_dir: Path | None = None, seed: int = 0, pattern: str | None = None,
