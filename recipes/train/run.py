@@ -281,9 +281,8 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                          timelines=cfg.text_timelines, questions=cfg.text_questions, lookups=cfg.text_lookups,
                          chains=cfg.text_chains, windows=cfg.text_windows,
                          held_out=cfg.text_held_out, every=cfg.text_steps, progress=progress)
-        task = "lookups" + "".join(f", {name}" for name, n in (("questions", cfg.text_questions), ("chains", cfg.text_chains),
-                                                              ("window rows", cfg.text_windows)) if n)
-        phases.append({"phase": "text", "task": f"{task} on gold captions of fresh timelines", **got})
+        trained = ", ".join(["lookups"] + [k for k in ("questions", "chains", "windows") if got["rows"][k]])
+        phases.append({"phase": "text", "task": f"{trained} on gold captions of fresh timelines", **got})
     if fresh and cfg.chunk_caption_steps:
         from .train import train_chunk_captions
         got = train_chunk_captions(trainer, clips, cfg, out / "chunk_caption_log.jsonl", progress)
