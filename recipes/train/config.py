@@ -169,6 +169,9 @@ class TrainConfig:
     # seventh run, left the held-out sequential and audio-visual questions where none did (38.0% in all).
     text_chains: int = 0
     text_windows: int = 0               # rows asking a chunk's caption by its second (data.window_rows; 0: none)
+    # steps of a second text stage (0: none), after the lookups alone, that adds the questions, chains and
+    # window rows above on other timelines; without it the one stage trains them all
+    text_mix_steps: int = 0
     text_held_out: int = 12             # held-out timelines scored before and after (about 11 questions each)
     # captions of single chunks (train.train_chunk_captions; 0 skips it), after the text phase, before the
     # clips: each chunk read alone after the stream header, then its gold caption, `chunk_caption_rows`

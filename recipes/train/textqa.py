@@ -134,14 +134,15 @@ def text_accuracy(decoder, tok, sets: list[tuple[dict, list[dict]]], max_new_tok
 def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, timelines: int = 2,
                lengths: tuple[float, float] = (20.0, 60.0), questions: int = 12, lookups: int = 24,
                chains: int = 0, windows: int = 0, held_out: int = 12, every: int = 250, recall_rows: int = 16,
-               progress: bool = True) -> dict:
+               stage: int = 0, progress: bool = True) -> dict:
     """`steps` of AdamW (constant `lr` after a 50-step warm-up; experts balanced as in training) on
     `timelines` fresh timelines a step, each with up to `questions` questions (the chained ones'
     reasoning through the captions they read, data.route_chains), `lookups` lookup rows, `chains`
     chained rows (data.chain_rows) and `windows` rows asking a chunk's caption by its second
     (data.window_rows), plus `recall_rows` rows of the recall phase's last stage (weight 0.5, as in
     the clip steps). Held-out accuracy on `held_out` fixed timelines at the start and every `every`
-    steps, one JSON line each in `log_path`. Returns the evaluations."""
+    steps, one JSON line each in `log_path`. A later `stage` of one run draws other training
+    timelines and rows from the same `seed`, and the same held-out ones. Returns the evaluations."""
     from tqdm import tqdm
 
     from .config import TrainConfig
@@ -152,9 +153,9 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
     draw = TimelineDraw()
     held_rng = np.random.default_rng([seed, 1])
     held = [draw(held_rng, *lengths, f"held{k}") for k in range(held_out)]
-    rng, pick = np.random.default_rng([seed, 0]), random.Random(seed)
+    rng, pick = np.random.default_rng([seed, 0] + [stage] * (stage > 0)), random.Random(seed + 7919 * stage)
     recall_task = stage_task(cfg.recall_stages[-1], chat_gap(tok), recall_rows) if recall_rows else None
-    recall_g = torch.Generator().manual_seed(seed + 7000)
+    recall_g = torch.Generator().manual_seed(seed + 7000 + stage)
     params = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     load = ExpertLoad(decoder)
@@ -178,7 +179,7 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
                 g["lr"] = lr * min(1.0, step / 50)
             loss = 0.0
             for k in range(timelines):
-                timeline, items = draw(rng, *lengths, f"s{seed}-t{step}-{k}")
+                timeline, items = draw(rng, *lengths, f"s{seed}-{stage}-t{step}-{k}" if stage else f"s{seed}-t{step}-{k}")
                 layout = chunk_layout(timeline) if questions or chains or windows else []
                 looks = lookup_rows(timeline)
                 chained = chain_rows(timeline, layout) if chains else []
