@@ -234,14 +234,17 @@ def test_card_names_the_rows_a_text_phase_trained():
     """A text phase's card line names every kind of row it trained, and only those."""
     from recipes.train.card import _phase_line
 
-    ph = {"phase": "text", "steps": 10, "seconds": 60.0, "evals": [{"when_exact": 0.0}, {"when_exact": 0.5}],
+    ph = {"phase": "text", "steps": 10, "seconds": 60.0,
+          "evals": [{"when_exact": 0.0, "accuracy": 0.1}, {"when_exact": 0.5, "accuracy": 0.25}],
           "rows": {"timelines": 2, "questions": 12, "lookups": 24, "chains": 0, "windows": 24}}
     line = _phase_line(ph, {})
+    assert line.startswith("- The questions on text")
     assert "up to 12 questions (chained ones quoting the captions they read), 24 rows asking a chunk's caption" in line
-    assert "chained rows" not in line and "0.0% before, 50.0% after" in line
+    assert "chained rows" not in line and "0.0% before, 50.0% after; every question: 10.0% before, 25.0% after." in line
     lookups_only = _phase_line({**ph, "rows": {"questions": 0, "lookups": 24}}, {})
     assert lookups_only == _phase_line({k: v for k, v in ph.items() if k != "rows"}, {})
-    assert "X?\" rows, 1.0 min" in lookups_only
+    assert lookups_only.startswith("- The lookup on text") and lookups_only.endswith("50.0% after.")
+    assert "X?\" rows, 1.0 min" in lookups_only and "every question" not in lookups_only
 
 
 def test_length_groups_run_the_fewest_padded_tokens():
@@ -366,7 +369,8 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
                       evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)), vision_steps=2,
                       vision_clips=1, text_steps=2, text_timelines=1, text_held_out=1, chunk_caption_steps=2,
-                      chunk_caption_clips=1, chunk_caption_rows=3, chunk_caption_mix=1)
+                      chunk_caption_clips=1, chunk_caption_rows=3, chunk_caption_mix=1, text_mix_steps=1,
+                      text_questions=2, text_windows=3)
     a, b = tmp_path / "a", tmp_path / "b"
     m = run(a, cfg, folder / "run", evaluate=False, progress=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -384,7 +388,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert [(r["pairs"], r["step"]) for r in recall] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1)]
     vision = [json.loads(line) for line in (a / "vision_log.jsonl").read_text().splitlines()]   # the ViT first
     phases = m["training"]["phases"]
-    assert [ph["phase"] for ph in phases] == ["vision", 0, "text", "chunk captions", 1, 2]
+    assert [ph["phase"] for ph in phases] == ["vision", 0, "text", "text", "chunk captions", 1, 2]
     assert [r["step"] for r in vision] == [1, 2]
     chunks = [json.loads(line) for line in (a / "chunk_caption_log.jsonl").read_text().splitlines()]  # reading media
     assert [r["step"] for r in chunks] == [1, 2] and all(r["loss"] > 0 and r["caption_tokens"] > 0 for r in chunks)
@@ -393,7 +397,11 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     text = [json.loads(line) for line in (a / "text_log.jsonl").read_text().splitlines()]    # then lookups on text
     assert [r["step"] for r in text] == [0, 2]
     assert phases[2]["rows"] == {"timelines": 1, "questions": 0, "lookups": 24, "chains": 0, "windows": 0}
-    assert phases[2]["task"] == "lookups on gold captions of fresh timelines"
+    assert phases[2]["task"] == "lookups on gold captions of fresh timelines"     # the lookups alone first,
+    mix = [json.loads(line) for line in (a / "text_mix_log.jsonl").read_text().splitlines()]  # then the mix
+    assert [r["step"] for r in mix] == [0, 1] and mix[0]["n"] == text[0]["n"]      # on the same held-out timelines
+    assert phases[3]["rows"] == {"timelines": 1, "questions": 2, "lookups": 24, "chains": 0, "windows": 3}
+    assert phases[3]["task"] == "lookups, questions, windows on gold captions of fresh timelines"
     assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])
     assert m["training"]["final_val_caption_loss"] == log[-1]["val_caption_loss"]
     assert (a / "README.md").read_text().startswith("# omnistream default model")
@@ -403,8 +411,10 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert "The ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
     assert "The lookup on text (`recipes/train/textqa.py`): 2 steps" in card
+    assert "The questions on text (`recipes/train/textqa.py`): 1 step on" in card
     assert "Captions of single chunks (`Trainer.chunk_caption_loss`): 2 steps" in card
-    order = [card.index(k) for k in ("The ViT alone", "Associative recall", "The lookup on text", "Captions of single")]
+    order = [card.index(k) for k in ("The ViT alone", "Associative recall", "The lookup on text", "The questions on text",
+                                     "Captions of single")]
     assert order == sorted(order)                           # the phases in the order the run made them
     assert "Then such rows from 1 clip join every clip step's loss." in card
     for name in ("README.md", "loss.png"):

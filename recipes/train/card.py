@@ -86,11 +86,14 @@ def _phase_line(ph: dict, cfg: dict) -> str | None:
                                                     ("chains", "chained rows"),
                                                     ("windows", "rows asking a chunk's caption by its second"))
                 if rows.get(k)]
-        return (f"- The lookup on text (`recipes/train/textqa.py`): {ph['steps']} steps on fresh timelines laid out as "
-                "sessions with their gold captions and no media, each with its \"When is this ...: X?\" rows"
-                + (f" and up to {', '.join(more)}" if more else "") + ", "
+        first, last = ph["evals"][0], ph["evals"][-1]
+        return (f"- The {'questions' if more else 'lookup'} on text (`recipes/train/textqa.py`): {ph['steps']} step{'s' * (ph['steps'] != 1)} on "
+                "fresh timelines laid out as sessions with their gold captions and no media, each with its "
+                "\"When is this ...: X?\" rows" + (f" and up to {', '.join(more)}" if more else "") + ", "
                 f"{ph['seconds'] / 60:.1f} min; on held-out timelines, \"When\" questions answered with the exact span: "
-                f"{_pct(ph['evals'][0]['when_exact'])} before, {_pct(ph['evals'][-1]['when_exact'])} after.")
+                f"{_pct(first['when_exact'])} before, {_pct(last['when_exact'])} after"
+                + (f"; every question: {_pct(first['accuracy'])} before, {_pct(last['accuracy'])} after" if more else "")
+                + ".")
     return None
 
 
