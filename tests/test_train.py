@@ -367,7 +367,7 @@ def test_timeline_target_and_tokenizer(data):
 def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     folder, *_ = data
     cfg = TrainConfig(seed=5, train_bands=((20.0, 22.0, 2),), steps=3, warmup_steps=1, workers=0, max_questions=3,
-                      evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3), (4, 2)), vision_steps=2,
+                      evs_share=0.5, val_clips=1, finetune_steps=2, recall_stages=((2, 3, 0, 256), (4, 2)), vision_steps=2,
                       vision_clips=1, text_steps=2, text_timelines=1, text_held_out=1, chunk_caption_steps=2,
                       chunk_caption_clips=1, chunk_caption_rows=3, chunk_caption_mix=1, text_mix_steps=1,
                       text_questions=2, text_windows=3)
@@ -407,7 +407,7 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert (a / "README.md").read_text().startswith("# omnistream default model")
     assert json.loads((a / "metrics.json").read_text())["data"]["train_clips"] == 2
     card = (a / "README.md").read_text()
-    assert "Associative recall" in card and "2 pairs for 3 steps" in card
+    assert "Associative recall" in card and "2 pairs of ids below 256 for 3 steps" in card and "4 pairs for 2 steps" in card
     assert "The ViT alone (`recipes/train/vision.py`): 2 steps" in card
     assert "16 recall rows join every clip step's loss" in card
     assert "The lookup on text (`recipes/train/textqa.py`): 2 steps" in card
@@ -562,17 +562,27 @@ def test_recall_rows_ask_for_values_the_context_holds():
         assert asked == [17, 22, 27, 32]
         for j in asked:
             assert row[j - 3] in pairs and row[j - 2:j + 1] == [11, 12, 13] and tgt[j] == row[j + 1] == pairs[row[j - 3]]
+    # a narrow stage draws its keys and values from the first ids alone (keys below the values)
+    narrow = RecallTask(pairs=4, queries=4, rows=64, end_id=80)
+    ids, _ = recall_batch(narrow, VOCAB_SIZE, torch.Generator().manual_seed(0))
+    context = ids[:, 1:9]
+    assert context[:, 0::2].min() >= 64 and context[:, 0::2].max() < 72 <= context[:, 1::2].min() and ids.max() < 80
+    with pytest.raises(ValueError, match="does not fit"):
+        recall_batch(RecallTask(pairs=4, queries=4, end_id=70), VOCAB_SIZE, torch.Generator())
 
 
 def test_recall_stages_take_their_gap_from_the_chat_template():
     from engine.tokenizer import Tokenizer
-    from recipes.train.recall import chat_gap, stage_task
+    from recipes.train.recall import RecallTask, chat_gap, stage_task
 
     tok = Tokenizer.from_dir(Path(__file__).resolve().parent.parent / "assets" / "default-model")
     gap = chat_gap(tok)
     assert tok.decode(list(gap)) == "<|im_end|>\n<|im_start|>assistant\n<think>\n<t>"
     assert stage_task((16, 100), gap).gap == () and stage_task((16, 100, 2), gap).gap == gap[-2:]
     assert stage_task((8, 100, len(gap)), gap, rows=4).gap == gap and stage_task((8, 1, 1), gap, rows=4).rows == 4
+    assert stage_task((16, 100), gap).end_id == RecallTask.end_id         # a fourth number narrows the ids
+    narrow = stage_task((4, 100, 2, 256), gap)
+    assert (narrow.end_id, narrow.gap, narrow.pairs) == (256, gap[-2:], 4)
     with pytest.raises(ValueError, match=f"a gap of {len(gap) + 1} tokens, but only {len(gap)} gap ids"):
         stage_task((16, 100, len(gap) + 1), gap)
 
@@ -583,12 +593,13 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
     over the vocabulary (ln 1536 = 7.34) towards uniform over the value half (ln 480 = 6.17; keys and values are drawn below id 1,024)."""
     log = tmp_path / "recall.jsonl"
     out = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pattern", "M*", "--pairs", "4,8",
-                          "--steps", "40,5", "--gaps", "0,3", "--log", str(log)], capture_output=True, text=True, timeout=300,
+                          "--steps", "40,5", "--gaps", "0,3", "--end-ids", "1024,256", "--log", str(log)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["pattern"] == "M*"
-    assert [(s["pairs"], s["queries"], s["steps"], s["gap"]) for s in summary["stages"]] == [(4, 4, 40, 0), (8, 8, 5, 3)]
+    assert [(s["pairs"], s["queries"], s["steps"], s["gap"], s["end_id"]) for s in summary["stages"]] == [
+        (4, 4, 40, 0, 1024), (8, 8, 5, 3, 256)]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["pairs"], r["step"], r["gap"]) for r in rows] == [(4, k, 0) for k in range(40)] + [(8, k, 3) for k in range(5)]
     assert rows[0]["recall_loss"] > 7.2
@@ -596,7 +607,7 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pairs", "4,8", "--steps", "1,2,3",
                           "--log", str(log)], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
-    assert bad.returncode == 2 and "3 numbers in --steps and 2 in --gaps for 2 stages of --pairs" in bad.stderr
+    assert bad.returncode == 2 and "3 numbers in --steps, 2 in --gaps and 2 in --end-ids for 2 stages of --pairs" in bad.stderr
 
 
 def test_lookup_rows_ask_when_each_uniquely_named_event_happens(data):

@@ -71,9 +71,14 @@ def _phase_line(ph: dict, cfg: dict) -> str | None:
                 + (f" Then such rows from {cfg['chunk_caption_mix']} clip{'s' * (cfg['chunk_caption_mix'] != 1)} join "
                    "every clip step's loss." if cfg.get("chunk_caption_mix") else ""))
     if ph["phase"] == 0:
+        from .recall import RecallTask
+
+        def pairs(s: dict) -> str:
+            narrow = s.get("end_id", RecallTask.end_id) != RecallTask.end_id
+            return f"{s['pairs']} pairs" + (f" of ids below {s['end_id']}" if narrow else "")
         stages = ", then ".join(
-            f"{s['pairs']} pairs for {s['steps']} steps ({_pct(s['final_accuracy'])} of values right over its last 20 steps)"
-            if not s.get("gap") else f"{s['pairs']} pairs with {s['gap']} token{'s' * (s['gap'] != 1)} between a query "
+            f"{pairs(s)} for {s['steps']} steps ({_pct(s['final_accuracy'])} of values right over its last 20 steps)"
+            if not s.get("gap") else f"{pairs(s)} with {s['gap']} token{'s' * (s['gap'] != 1)} between a query "
             f"and its value for {s['steps']} steps ({_pct(s['final_accuracy'])})" for s in ph["stages"])
         return (f"- Associative recall (`recipes/train/recall.py`: key-value token pairs, then keys asked for their "
                 f"values), a curriculum of {stages}, {ph['seconds'] / 60:.1f} min: the questions are lookups in the "

@@ -21,6 +21,7 @@ learnt in turn, 400 steps each (76%, 83%, 86%).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -127,7 +128,8 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
                 break
     load.remove()
     decoder.eval()
-    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "gap": len(task.gap), "steps": step + 1,
+    return {"pairs": task.pairs, "queries": task.queries, "rows": task.rows, "gap": len(task.gap), "end_id": task.end_id,
+            "steps": step + 1,
             "max_steps": steps,
             "seconds": round(time.perf_counter() - start, 1),
             "final_accuracy": round(sum(recent) / max(1, len(recent)), 4), "learnt_at_step": learnt_at}
@@ -137,7 +139,7 @@ def recall_probe(pattern: str | None, stages: list[tuple], lr: float, seed: int,
                  progress: bool = True) -> dict:
     """A fresh decoder of the default model's configuration (with `pattern` as its
     hybrid_override_pattern if given), seeded as a run seeds it, trained on recall in `stages`
-    of (pairs, steps[, gap]), one after the other (stage k draws its rows from seed + k). Few pairs first
+    of (pairs, steps[, gap[, end_id]]), one after the other (stage k draws its rows from seed + k). Few pairs first
     is a curriculum: `MEM*` learnt 4 pairs, then took 8 and 16 at once, where 16 from the start
     stayed at chance for 3,000 steps."""
     from engine.checkpoint import init_random
@@ -162,16 +164,18 @@ def chat_gap(tok) -> tuple:
 
 
 def stage_task(stage: tuple, gap_ids: tuple = PROBE_GAP, rows: int = RecallTask.rows) -> RecallTask:
-    """The task of a stage (pairs, steps[, gap]): its gap is the last `gap` of `gap_ids`."""
+    """The task of a stage (pairs, steps[, gap[, end_id]]): its gap is the last `gap` of `gap_ids`;
+    its keys and values are drawn below `end_id` (default RecallTask.end_id)."""
     pairs, gap = stage[0], (stage[2] if len(stage) > 2 else 0)
     if gap > len(gap_ids):
         raise ValueError(f"recall stage {tuple(stage)}: a gap of {gap} tokens, but only {len(gap_ids)} gap ids")
-    return RecallTask.of(pairs, rows, gap_ids[len(gap_ids) - gap:] if gap else ())
+    task = RecallTask.of(pairs, rows, gap_ids[len(gap_ids) - gap:] if gap else ())
+    return dataclasses.replace(task, end_id=stage[3]) if len(stage) > 3 else task
 
 
 def recall_stages(decoder, stages: list[tuple], lr: float, seed: int, log_path: Path,
                   progress: bool = True, until: float | None = None, gap_ids: tuple = PROBE_GAP) -> list[dict]:
-    """Train `decoder` on recall in `stages` of (pairs, steps[, gap]), one after the other, stage k
+    """Train `decoder` on recall in `stages` of (pairs, steps[, gap[, end_id]]), one after the other, stage k
     drawing its rows from seed + k; one JSON line a step in `log_path`. With `until`, a stage ends
     once its accuracy reaches that (its steps are then a limit). Returns each stage's summary."""
     with open(log_path, "w") as log:

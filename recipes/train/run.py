@@ -447,6 +447,8 @@ def main(argv=None) -> int:
     rc.add_argument("--steps", default="1100,900,1200", help="steps of each stage (one number: every stage)")
     rc.add_argument("--gaps", default="0", help="tokens between a query's key and its value, one number per stage "
                                                 "(one number: every stage)")
+    rc.add_argument("--end-ids", default=None, help="keys and values drawn below this id, one number per stage "
+                                                    "(one number: every stage; default: RecallTask.end_id)")
     rc.add_argument("--lr", type=float, default=3e-3)
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--log", type=Path, default=Path(".cache/recall.jsonl"), help="one JSON line a step")
@@ -500,14 +502,16 @@ def main(argv=None) -> int:
             print(json.dumps(got))
             return 0
         if args.command == "recall":
-            from .recall import recall_probe
-            pairs, steps, gaps = ([int(x) for x in v.split(",")] for v in (args.pairs, args.steps, args.gaps))
-            steps, gaps = (v * len(pairs) if len(v) == 1 else v for v in (steps, gaps))
-            if not len(steps) == len(gaps) == len(pairs):
-                raise ValueError(f"{len(steps)} numbers in --steps and {len(gaps)} in --gaps for {len(pairs)} stages of --pairs")
+            from .recall import RecallTask, recall_probe
+            pairs, steps, gaps, ends = ([int(x) for x in v.split(",")] for v in (args.pairs, args.steps, args.gaps,
+                                                                                  args.end_ids or str(RecallTask.end_id)))
+            steps, gaps, ends = (v * len(pairs) if len(v) == 1 else v for v in (steps, gaps, ends))
+            if not len(steps) == len(gaps) == len(ends) == len(pairs):
+                raise ValueError(f"{len(steps)} numbers in --steps, {len(gaps)} in --gaps and {len(ends)} in --end-ids "
+                                 f"for {len(pairs)} stages of --pairs")
             torch.set_num_threads(TrainConfig.threads)
             args.log.parent.mkdir(parents=True, exist_ok=True)
-            print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps, gaps)), args.lr, args.seed, args.log)))
+            print(json.dumps(recall_probe(args.pattern, list(zip(pairs, steps, gaps, ends)), args.lr, args.seed, args.log)))
             return 0
         if args.command == "text-questions":
             from .textqa import text_probe
