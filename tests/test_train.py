@@ -601,7 +601,8 @@ def test_recall_probe_command_trains_and_logs(tmp_path):
     assert [(s["pairs"], s["queries"], s["steps"], s["gap"], s["end_id"]) for s in summary["stages"]] == [
         (4, 4, 40, 0, 1024), (8, 8, 5, 3, 256)]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [(r["pairs"], r["step"], r["gap"]) for r in rows] == [(4, k, 0) for k in range(40)] + [(8, k, 3) for k in range(5)]
+    assert [(r["pairs"], r["step"], r["gap"], r["end_id"]) for r in rows] == [(4, k, 0, 1024) for k in range(40)] + [
+        (8, k, 3, 256) for k in range(5)]
     assert rows[0]["recall_loss"] > 7.2
     assert sum(r["recall_loss"] for r in rows[35:40]) / 5 < 7.0
     bad = subprocess.run([sys.executable, "-m", "recipes.train", "recall", "--pairs", "4,8", "--steps", "1,2,3",

@@ -119,7 +119,8 @@ def train_recall(decoder, steps: int, lr: float, seed: int, log, task: RecallTas
             recent = (recent + [acc])[-20:]
             if learnt_at is None and len(recent) == 20 and sum(recent) / 20 >= 0.5:
                 learnt_at = step
-            log.write(json.dumps({"pairs": task.pairs, "gap": len(task.gap), "step": step, "time_s": round(time.perf_counter() - start, 2),
+            log.write(json.dumps({"pairs": task.pairs, "gap": len(task.gap), "end_id": task.end_id, "step": step,
+                                  "time_s": round(time.perf_counter() - start, 2),
                                   "recall_loss": round(float(loss.detach()), 5), "recall_accuracy": round(acc, 4)}) + "\n")
             log.flush()
             bar.set_postfix(acc=f"{sum(recent) / len(recent):.2f}")
