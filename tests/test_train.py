@@ -399,7 +399,9 @@ def test_a_tiny_run_writes_a_loadable_checkpoint_and_reproduces(data, tmp_path):
     assert phases[2]["rows"] == {"timelines": 1, "questions": 0, "lookups": 24, "chains": 0, "windows": 0}
     assert phases[2]["task"] == "lookups on gold captions of fresh timelines"     # the lookups alone first,
     mix = [json.loads(line) for line in (a / "text_mix_log.jsonl").read_text().splitlines()]  # then the mix
-    assert [r["step"] for r in mix] == [0, 1] and mix[0]["n"] == text[0]["n"]      # on the same held-out timelines
+    assert [r["step"] for r in mix] == [0, 1] and mix[0]["n"] == text[0]["n"]      # on the same held-out timelines,
+    assert {k: v for k, v in mix[0].items() if k not in ("time_s", "loss")} == {   # the lookups' last score its start
+        k: v for k, v in text[-1].items() if k not in ("time_s", "loss")} | {"step": 0}
     assert phases[3]["rows"] == {"timelines": 1, "questions": 2, "lookups": 24, "chains": 0, "windows": 3}
     assert phases[3]["task"] == "lookups, questions, windows on gold captions of fresh timelines"
     assert text[0]["n"] == text[1]["n"] > 3 and math.isfinite(text[1]["loss"])

@@ -287,7 +287,7 @@ def run(out, cfg: TrainConfig, data_dir, evaluate: bool = True, progress: bool =
                              timelines=cfg.text_timelines, lookups=cfg.text_lookups,
                              questions=cfg.text_questions * mixed, chains=cfg.text_chains * mixed,
                              windows=cfg.text_windows * mixed, held_out=cfg.text_held_out, every=steps,
-                             progress=progress)
+                             start_eval=phases[-1]["evals"][-1] if stage else None, progress=progress)
             trained = ", ".join(["lookups"] + [k for k in ("questions", "chains", "windows") if got["rows"][k]])
             phases.append({"phase": "text", "task": f"{trained} on gold captions of fresh timelines", **got})
     if fresh and cfg.chunk_caption_steps:

@@ -134,7 +134,7 @@ def text_accuracy(decoder, tok, sets: list[tuple[dict, list[dict]]], max_new_tok
 def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, timelines: int = 2,
                lengths: tuple[float, float] = (20.0, 60.0), questions: int = 12, lookups: int = 24,
                chains: int = 0, windows: int = 0, held_out: int = 12, every: int = 250, recall_rows: int = 16,
-               stage: int = 0, progress: bool = True) -> dict:
+               stage: int = 0, start_eval: dict | None = None, progress: bool = True) -> dict:
     """`steps` of AdamW (constant `lr` after a 50-step warm-up; experts balanced as in training) on
     `timelines` fresh timelines a step, each with up to `questions` questions (the chained ones'
     reasoning through the captions they read, data.route_chains), `lookups` lookup rows, `chains`
@@ -142,7 +142,9 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
     (data.window_rows), plus `recall_rows` rows of the recall phase's last stage (weight 0.5, as in
     the clip steps). Held-out accuracy on `held_out` fixed timelines at the start and every `every`
     steps, one JSON line each in `log_path`. A later `stage` of one run draws other training
-    timelines and rows from the same `seed`, and the same held-out ones. Returns the evaluations."""
+    timelines and rows from the same `seed`, and the same held-out ones; its `start_eval` (the last
+    evaluation of the stage before, the same decoder on the same timelines) is its step 0, not run
+    again. Returns the evaluations."""
     from tqdm import tqdm
 
     from .config import TrainConfig
@@ -161,8 +163,8 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
     load = ExpertLoad(decoder)
     evals, recent, start = [], [], time.perf_counter()
 
-    def evaluate(step: int) -> None:
-        m = text_accuracy(decoder, tok, held)
+    def evaluate(step: int, known: dict | None = None) -> None:
+        m = known or text_accuracy(decoder, tok, held)
         row = {"step": step, "time_s": round(time.perf_counter() - start, 1),
                "loss": round(sum(recent) / len(recent), 4) if recent else None,
                **{k: m[k] for k in ("accuracy", "per_skill", "r1_iou_0.5", "miou", "no_choice", "n", "when_exact")}}
@@ -173,7 +175,7 @@ def train_text(decoder, tok, steps: int, lr: float, seed: int, log_path: Path, t
 
     with open(log_path, "w") as log, tqdm(total=steps, desc="text questions", unit="step", file=sys.stderr,
                                           disable=not progress) as bar:
-        evaluate(0)
+        evaluate(0, start_eval)
         for step in range(1, steps + 1):
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, step / 50)
