@@ -152,7 +152,7 @@ class TrainConfig:
     # The first stage (pairs, steps, gap, end_id) draws its keys and values below id 256 (96 keys, 96
     # values). On all 960 ids the 4-pair plateau is at the mercy of rounding: the shipped run left it at
     # step 2,999 of 4,000; the same code and seed on another CPU (losses equal to 5 digits up to step 86)
-    # stalled near 50%, as seeds 1 and 2 did (seed 3 got through). With the narrow stage first, seeds 0-4
+    # stalled near 50%, as seeds 1 and 2 did (3 and 4 got through). With the narrow stage first, seeds 0-4
     # recalled 4 pairs of all ids within 2,394-3,884 steps in all, then 8 and 16 pairs (FINDINGS).
     recall_stages: tuple = ((4, 3000, 0, 256), (4, 4000), (8, 900), (16, 1200), (16, 600, 1), (16, 600, 2),
                             (16, 800, 4), (16, 1200, 9))
