@@ -22,8 +22,12 @@ TEST_STAMP := $(VENV)/.make-test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The C++ decode kernels (kernels/cpu) are compiled here, with the install, so that the first
+# question after the first start does not wait for the compiler (about 20 s; the server would
+# otherwise start it in the background).
 $(RUN_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
+	$(PY) -c "from kernels import cpu; cpu.ops()"
 	touch $@
 
 # transformers' image/video processors (the oracle) import torchvision; its PyPI wheel is a CUDA

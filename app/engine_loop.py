@@ -28,6 +28,8 @@ from engine.generate import BatchDecoder, SamplingParams, Session
 from engine.tokenizer import THINK_END, ReasoningBudget
 from fusion.stream import EmbeddingChunk, Narration, Narrator, chunk_input
 
+IDLE_FLUSH_S = 0.1       # with no answer decoding, the longest the loop works before sending events out
+
 
 class EngineError(ValueError):
     def __init__(self, code: str, message: str):
@@ -199,12 +201,17 @@ class EngineLoop:
         self._pending.extend(cmds)
         budget = self.prefill_tokens_per_step if len(self._batch) else float("inf")
         spent = 0
+        # Idle, the queue is read at once, but events (a narrating model's captions, errors) go out
+        # at least every IDLE_FLUSH_S: a long upload's captions stream as it is read, not in one burst.
+        flush_at = time.perf_counter() + IDLE_FLUSH_S
         while self._pending and spent < budget:
             cmd = self._pending.popleft()
             try:
                 spent += self._command(cmd, out)
             except Exception as e:                    # a bug must not take the loop down
                 out.append(lambda e=e, cmd=cmd: print(f"engine: {cmd[0]} failed: {e!r}"))
+            if not len(self._batch) and time.perf_counter() >= flush_at:
+                break
         if len(self._batch):
             self._decode_step(out)
         return out

@@ -74,6 +74,11 @@ class Server:
             dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
             self.omni = await asyncio.to_thread(OmniModel.load, cfg.model_dir, dtype)
         omni = self.omni
+        if omni.decoder.device.type == "cpu":
+            # The C++ decode kernels compile on first use (about 20 s, once per machine): start that
+            # now, beside the page coming up, rather than inside the first question's answer.
+            from kernels import cpu
+            self._tasks.append(asyncio.get_running_loop().create_task(asyncio.to_thread(cpu.ops)))
         name = cfg.model_name or (Path(cfg.model_dir).name if cfg.model_dir else "omnistream")
         self.engine = EngineLoop(omni.decoder, omni.tokenizer, image_token_id=omni.settings.image_token_id,
                                  audio_token_id=omni.settings.audio_token_id, narration=omni.settings.narration)

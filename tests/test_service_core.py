@@ -278,6 +278,31 @@ def test_a_narrating_engine_captions_each_chunk_before_answering(model, context)
     assert captions[0].startswith("(seen:") and captions[1].startswith("(heard:")
 
 
+
+def test_captions_go_out_as_the_chunks_are_read(model, monkeypatch):
+    """An idle engine sends events out every IDLE_FLUSH_S while it reads a queued upload: with no
+    time between flushes, each chunk's caption is delivered before the next chunk is read (not the
+    whole upload's captions in one burst at the end)."""
+    from app import engine_loop
+    monkeypatch.setattr(engine_loop, "IDLE_FLUSH_S", 0.0)
+    dec, tok = model
+    g = torch.Generator().manual_seed(2)
+    chunks = [EmbeddingChunk("s", "audio", t, t + 2.0, f"audio {t}: ", torch.randn(4, dec.cfg.hidden_size, generator=g), k)
+              for k, t in enumerate([0.0, 2.0, 4.0, 6.0])]
+
+    async def main():
+        e = EngineLoop(dec, tok, image_token_id=18, audio_token_id=27, narration=NARRATION)
+        read_when_delivered = []
+        await e.start()
+        await e.open_session("s", stream_header(), print, lambda c, text: read_when_delivered.append(e.prefilled_chunks))
+        for c in chunks:                       # all queued before the engine reads the first
+            await e.append("s", c)
+        await e.stats()
+        await e.stop()
+        return read_when_delivered
+
+    assert asyncio.run(main()) == [1, 2, 3, 4]
+
 def test_cancel_and_reasoning_budget(model):
     dec, tok = model
 

@@ -89,6 +89,8 @@ def library_path() -> Path:
             continue
         with tmp:                       # concurrent builds each write their own file; the last rename wins
             part = Path(tmp.name) / out.name
+            print(f"kernels/cpu: compiling {SOURCE.name} with {cxx} into {cache} (once per machine, about 20 s)",
+                  file=sys.stderr, flush=True)
             _compile(cxx, part)
             os.replace(part, out)
         return out
