@@ -120,6 +120,7 @@ def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], di
 
     from fusion.prompt import question_tail, stream_header
     from app.evaluate import MAX_FRAMES, VIDEO_FPS, media_chunks
+    from fusion.stream import NARRATION_BATCH
 
     if args.image or args.raw or args.video_audio or args.num_frames is not None:
         raise ValueError("--layout stream reads --video and --audio files as a session does (a video with its "
@@ -134,9 +135,14 @@ def _stream_prefill(args, omni, session, reasoning: bool) -> tuple[list[int], di
         for path in args.video + args.audio:
             chunks = media_chunks(omni, path, fps=args.fps or VIDEO_FPS, evs_rate=args.evs,
                                   max_frames=args.max_frames or MAX_FRAMES)
-            for c in tqdm(chunks, unit="chunk", desc=f"read {Path(path).name}", file=sys.stderr, disable=len(chunks) < 20):
-                ids += omni.read_chunk(session, c)[0]
-                counts[c.modality] += c.num_tokens
+            with tqdm(total=len(chunks), unit="chunk", desc=f"read {Path(path).name}", file=sys.stderr,
+                      disable=len(chunks) < 20) as bar:
+                for first in range(0, len(chunks), NARRATION_BATCH):     # captions are written a batch at a time
+                    part = chunks[first:first + NARRATION_BATCH]
+                    for c, (read, _) in zip(part, omni.read_chunks(session, part)):
+                        ids += read
+                        counts[c.modality] += c.num_tokens
+                    bar.update(len(part))
         tail = tok.encode(question_tail(args.prompt, reasoning))
         session.check_room(len(tail) + 1)
         session.prefill(tail)

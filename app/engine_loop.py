@@ -8,7 +8,8 @@ ids back through each answer's queue; a full inbox makes producers wait.
 
 A session's decoder input is its chat header (system instructions, the open user turn), then
 its chunks in arrival order (a narrating model follows each with its caption of it, written as
-the chunk is prefilled); a question is answered from a fork of that state (the question
+the chunk is prefilled; captions that read their chunk alone are written ahead for the chunks
+queued together, up to 16 decoded at once); a question is answered from a fork of that state (the question
 text, the end of the user turn, the assistant header), so the stream keeps appending to the
 original while the answer decodes. The fork shares the KV cache and is thrown away after.
 """
@@ -26,7 +27,7 @@ import torch
 from app.evaluate import best_choice, choice_ids
 from engine.generate import BatchDecoder, SamplingParams, Session
 from engine.tokenizer import THINK_END, ReasoningBudget
-from fusion.stream import EmbeddingChunk, Narration, Narrator, chunk_input
+from fusion.stream import NARRATION_BATCH, EmbeddingChunk, Narration, Narrator, chunk_input
 
 IDLE_FLUSH_S = 0.1       # with no answer decoding, the longest the loop works before sending events out
 
@@ -75,18 +76,6 @@ class ResponseHandle:
         return None if self.first_token_at is None else self.first_token_at - self.created_at
 
 
-class _Batch(BatchDecoder):
-    def leave(self, session: Session) -> None:
-        """Take `session` out of the batch now; its state goes back into it."""
-        for s in self.slots:
-            if s.session is session:
-                s.done = True
-        self._retire()
-
-    def has(self, session: Session) -> bool:
-        return any(s.session is session for s in self.slots)
-
-
 @dataclass
 class _Stream:
     session: Session
@@ -125,8 +114,9 @@ class EngineLoop:
         # owned by the engine thread
         self._streams: dict[str, _Stream] = {}
         self._answers: dict[str, _Answer] = {}
-        self._batch = _Batch(decoder)
+        self._batch = BatchDecoder(decoder)
         self._pending: collections.deque = collections.deque()
+        self._written: dict[int, str] = {}    # id(chunk) -> its caption, written ahead (`_write_ahead`)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._task: asyncio.Task | None = None
         self.steps = 0
@@ -225,7 +215,11 @@ class EngineLoop:
         if kind == "append":
             _, sid, piece = cmd
             stream = self._streams.get(sid)
-            return 0 if stream is None else self._prefill(sid, stream, piece, out)
+            if stream is None:
+                return 0
+            if isinstance(piece, EmbeddingChunk) and id(piece) not in self._written:
+                self._write_ahead(piece)
+            return self._prefill(sid, stream, piece, out)
         if kind == "respond":
             self._start_answer(cmd[1], out)
             return 0
@@ -245,7 +239,29 @@ class EngineLoop:
             return 0
         raise ValueError(f"unknown engine command {kind!r}")
 
+    def _write_ahead(self, first: EmbeddingChunk) -> None:
+        """Captions that read their chunk alone (context "chunk") of `first` and of the chunks queued
+        right after it (an upload's, any session's), written together (Narrator.captions) for
+        `_prefill` to append as it reads each chunk in turn."""
+        if self._narrator is None or self._narrator.narration.context != "chunk":
+            return
+        group = [first]
+        for cmd in self._pending:
+            if (len(group) == NARRATION_BATCH or cmd[0] != "append" or not isinstance(cmd[2], EmbeddingChunk)
+                    or cmd[1] not in self._streams):
+                break
+            group.append(cmd[2])
+        if len(group) == 1:
+            return
+        try:
+            xs = [chunk_input(c, self.tokenizer, self.decoder.embed, self.placeholder[c.modality]) for c in group]
+            captions = self._narrator.captions(group, xs)
+        except Exception:                    # a bad chunk: each then meets its own error in turn
+            return
+        self._written.update({id(c): caption for c, caption in zip(group, captions)})
+
     def _prefill(self, sid: str, stream: _Stream, piece, out: list) -> int:
+        written = self._written.pop(id(piece), None)
         try:
             if isinstance(piece, EmbeddingChunk):
                 x = chunk_input(piece, self.tokenizer, self.decoder.embed, self.placeholder[piece.modality])
@@ -254,7 +270,7 @@ class EngineLoop:
                 stream.chunks += 1
                 self.prefilled_chunks += 1
                 if self._narrator is not None:
-                    caption = self._narrator(stream.session, piece, x)
+                    caption = self._narrator(stream.session, piece, x, written)
                     stream.captions.append((piece.modality, piece.t0, piece.t1, caption))
                     if caption and stream.on_caption is not None:
                         out.append(lambda c=piece, t=caption: stream.on_caption(c, t))

@@ -367,7 +367,7 @@ def media_chunks(omni, path, *, fps: float = VIDEO_FPS, audio_clip_s: float = AU
 def answer_questions(omni, chunks, questions: list[str], *, choices=None, max_new_tokens: int = 512,
                      batch: int = 16) -> list[str]:
     """Greedy answers to `questions` about one clip: the clip is prefilled once (a narrating model
-    captions each chunk as it goes, OmniModel.read_chunk), then `answer_from` that session."""
+    captions each chunk as it goes, OmniModel.read_chunks), then `answer_from` that session."""
     import torch
 
     from fusion.prompt import stream_header
@@ -375,8 +375,7 @@ def answer_questions(omni, chunks, questions: list[str], *, choices=None, max_ne
     with torch.inference_mode():
         session = Session(omni.decoder)
         session.prefill(omni.tokenizer.encode(stream_header()))
-        for c in chunks:
-            omni.read_chunk(session, c)
+        omni.read_chunks(session, chunks)
         return answer_from(session, omni.tokenizer, questions, choices=choices, max_new_tokens=max_new_tokens,
                            batch=batch)
 

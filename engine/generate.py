@@ -284,6 +284,16 @@ class BatchDecoder:
         self._retire()
         return emitted
 
+    def leave(self, session: Session) -> None:
+        """Take `session` out of the batch now; its state goes back into it."""
+        for s in self.slots:
+            if s.session is session:
+                s.done = True
+        self._retire()
+
+    def has(self, session: Session) -> bool:
+        return any(s.session is session for s in self.slots)
+
     def _retire(self) -> None:
         keep = [r for r, s in enumerate(self.slots) if not s.done]
         if len(keep) == len(self.slots):

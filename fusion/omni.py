@@ -119,17 +119,27 @@ class OmniModel:
         return inp.embeds(self.decoder.embed)
 
     @torch.inference_mode()
+    def read_chunks(self, session, chunks: list[EmbeddingChunk]) -> list[tuple[list[int], str]]:
+        """Prefill stream chunks into `session` in order (each its label, its embeddings between
+        their markers), each followed, for a narrating model, by the model's caption of it (those
+        that read their chunk alone written together beforehand, Narrator.captions). Returns, per
+        chunk, the ids appended (media positions hold placeholders) and the caption ("" if none)."""
+        xs = [chunk_input(c, self.tokenizer, self.decoder.embed,
+                          self.settings.audio_token_id if c.modality == "audio" else self.settings.image_token_id)
+              for c in chunks]
+        written = self.narrator.captions(chunks, xs) if self.narrator is not None else None
+        out = []
+        for k, (chunk, x) in enumerate(zip(chunks, xs)):
+            session.check_room(x.shape[0])
+            session.prefill(embeds=x)
+            ids = self.tokenizer.encode(chunk.text())
+            caption = "" if self.narrator is None else self.narrator(session, chunk, x, None if written is None else written[k])
+            out.append((ids + (self.tokenizer.encode(caption) if caption else []), caption))
+        return out
+
     def read_chunk(self, session, chunk: EmbeddingChunk) -> tuple[list[int], str]:
-        """Prefill a stream chunk into `session` (its label, its embeddings between their markers),
-        then, for a narrating model, the model's caption of it. Returns the ids appended (media
-        positions hold placeholders) and the caption ("" if the model does not narrate)."""
-        placeholder = self.settings.audio_token_id if chunk.modality == "audio" else self.settings.image_token_id
-        x = chunk_input(chunk, self.tokenizer, self.decoder.embed, placeholder)
-        session.check_room(x.shape[0])
-        session.prefill(embeds=x)
-        ids = self.tokenizer.encode(chunk.text())
-        caption = self.narrator(session, chunk, x) if self.narrator is not None else ""
-        return ids + (self.tokenizer.encode(caption) if caption else []), caption
+        """`read_chunks` of one chunk."""
+        return self.read_chunks(session, [chunk])[0]
 
 
 __all__ = ["OmniModel", "OmniSettings", "IMAGE_TOKEN", "AUDIO_TOKEN"]

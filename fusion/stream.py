@@ -137,63 +137,108 @@ class Narration:
         return cls(dict(prefix), close, limit, context)
 
 
+NARRATION_BATCH = 16     # captions decoded together where each reads only its own chunk (context "chunk")
+
+
 class Narrator:
     """Captions a narrating model writes of its stream's chunks (`narrate`). With `context` "chunk"
     each caption is written from a fork of a session that holds only the stream header (prefilled
     on first use), with the chunk's input after it: in the stream's own session the default model
-    copies its earlier captions, read alone it names what the chunk holds."""
+    copies its earlier captions, read alone it names what the chunk holds. Such a caption depends
+    on its chunk alone, so `captions` writes many at once, before the session reads them."""
 
     def __init__(self, model, tokenizer, narration: Narration):
         self.model, self.tokenizer, self.narration = model, tokenizer, narration
         self._header = None
 
-    def __call__(self, session, chunk: EmbeddingChunk, chunk_embeds: torch.Tensor) -> str:
-        """`narrate` after `chunk` (its decoder input `chunk_embeds`, chunk_input's (L, D)) was
-        prefilled into `session`."""
-        reader = None
-        if self.narration.context == "chunk":
-            if self._header is None:
-                from engine.generate import Session
+    def _reader(self, chunk_embeds: torch.Tensor):
+        """A session holding the stream header and then the chunk (context "chunk")."""
+        if self._header is None:
+            from engine.generate import Session
 
-                from .prompt import stream_header
-                self._header = Session(self.model)
-                self._header.prefill(self.tokenizer.encode(stream_header()))
-            reader = self._header.fork()
-            reader.check_room(chunk_embeds.shape[0])
-            reader.prefill(embeds=chunk_embeds)
-        return narrate(session, chunk, self.tokenizer, self.narration, reader)
+            from .prompt import stream_header
+            self._header = Session(self.model)
+            self._header.prefill(self.tokenizer.encode(stream_header()))
+        reader = self._header.fork()
+        reader.check_room(chunk_embeds.shape[0])
+        reader.prefill(embeds=chunk_embeds)
+        return reader
+
+    def captions(self, chunks: list[EmbeddingChunk], chunk_embeds: list[torch.Tensor]) -> list[str] | None:
+        """Context "chunk": the captions of `chunks` (their decoder inputs, chunk_input's (L, D)),
+        NARRATION_BATCH decoded together; None for context "session", where each caption reads the
+        session up to its chunk and must be written in turn (`__call__`)."""
+        if self.narration.context != "chunk":
+            return None
+        out = []
+        for first in range(0, len(chunks), NARRATION_BATCH):
+            part = slice(first, first + NARRATION_BATCH)
+            out += write_captions([self._reader(x) for x in chunk_embeds[part]], chunks[part], self.tokenizer,
+                                  self.narration)
+        return out
+
+    def __call__(self, session, chunk: EmbeddingChunk, chunk_embeds: torch.Tensor, caption: str | None = None) -> str:
+        """After `chunk` (its decoder input `chunk_embeds`) was prefilled into `session`: append its
+        caption to the session and return it. `caption`: the one `captions` wrote, else written now."""
+        if caption is None:
+            reader = self._reader(chunk_embeds) if self.narration.context == "chunk" else None
+            return narrate(session, chunk, self.tokenizer, self.narration, reader)
+        append_caption(session, caption, self.tokenizer)
+        return caption
+
+
+def write_captions(readers: list, chunks: list[EmbeddingChunk], tokenizer, narration: Narration) -> list[str]:
+    """The model's greedy caption of each chunk, continuing its reader (a session that has read it),
+    all decoded together (engine.generate.BatchDecoder; the readers are left as they were). A
+    caption is one line, ended by the close text; "" for a modality the model does not narrate."""
+    from engine.generate import BatchDecoder, SamplingParams
+
+    out = [""] * len(chunks)
+    batch, heads, got = None, {}, {}
+    for k, (reader, chunk) in enumerate(zip(readers, chunks)):
+        if chunk.modality not in narration.prefix:
+            continue
+        # The opening without its trailing space: byte-level BPE puts a word's space in the word's
+        # token (" a", " bell"), so "(heard: " + " a" would never have been seen in training.
+        heads[k] = narration.opening(chunk.modality, chunk.t0).rstrip()
+        fork = reader.fork()
+        fork.prefill(tokenizer.encode(heads[k]))
+        fork.check_room(1)
+        room = fork.model.cfg.max_position_embeddings - fork.length
+        batch = batch or BatchDecoder(fork.model)
+        batch.join(fork, SamplingParams(max_new_tokens=min(narration.max_new_tokens, room), temperature=0.0,
+                                        stop_ids=tuple(tokenizer.eos_ids)))
+        got[id(fork)] = (k, [])
+    while batch is not None and len(batch):
+        for fork, t in batch.step():
+            if t in tokenizer.eos_ids:                  # the batch retires it
+                continue
+            ids = got[id(fork)][1]
+            ids.append(t)
+            text = tokenizer.decode(ids)
+            if narration.close in text or "\n" in text:
+                batch.leave(fork)
+    for k, ids in got.values():
+        body = (heads[k] + tokenizer.decode(ids)).split(narration.close)[0].split("\n")[0].rstrip()
+        out[k] = body + narration.close + " "
+    return out
+
+
+def append_caption(session, caption: str, tokenizer) -> None:
+    """A caption appended to the session as text, tokenized as training tokenized it ("" adds nothing)."""
+    if caption:
+        ids = tokenizer.encode(caption)
+        session.check_room(len(ids))
+        session.prefill(ids)
 
 
 def narrate(session, chunk: EmbeddingChunk, tokenizer, narration: Narration, reader=None) -> str:
     """After `chunk` was prefilled into `session`: the model's greedy caption of it, appended to
-    the session as text (tokenized as training tokenized it); returns the caption ("" for a
-    modality the model does not narrate). The caption is written on a fork of `reader` (default:
-    `session`; `Narrator` passes the chunk read alone for `context` "chunk"), so the tokens appended are
-    exactly `tokenizer.encode(caption)`."""
-    from engine.generate import SamplingParams, generate
-
-    if chunk.modality not in narration.prefix:
-        return ""
-    # The opening without its trailing space: byte-level BPE puts a word's space in the word's
-    # token (" a", " bell"), so "(heard: " + " a" would never have been seen in training.
-    head = narration.opening(chunk.modality, chunk.t0).rstrip()
-    fork = (session if reader is None else reader).fork()
-    fork.prefill(tokenizer.encode(head))
-    params = SamplingParams(max_new_tokens=narration.max_new_tokens, temperature=0.0,
-                            stop_ids=tuple(tokenizer.eos_ids))
-    got: list[int] = []
-    for t in generate(fork, params):
-        if t in params.stop_ids:
-            break
-        got.append(t)
-        text = tokenizer.decode(got)
-        if narration.close in text or "\n" in text:      # a caption is one line
-            break
-    body = (head + tokenizer.decode(got)).split(narration.close)[0].split("\n")[0].rstrip()
-    caption = body + narration.close + " "
-    ids = tokenizer.encode(caption)
-    session.check_room(len(ids))
-    session.prefill(ids)
+    the session (`append_caption`); returns the caption ("" for a modality the model does not
+    narrate). The caption continues `reader` (default: `session`; `Narrator` passes the chunk read
+    alone for `context` "chunk"), so the tokens appended are exactly `tokenizer.encode(caption)`."""
+    caption = write_captions([session if reader is None else reader], [chunk], tokenizer, narration)[0]
+    append_caption(session, caption, tokenizer)
     return caption
 
 

@@ -19,7 +19,7 @@ from engine.generate import SamplingParams, Session, generate
 from engine.loader import load_decoder
 from engine.tokenizer import Tokenizer
 from fusion.prompt import question_tail, stream_header
-from fusion.stream import EmbeddingChunk, Narration, chunk_input, narrate
+from fusion.stream import EmbeddingChunk, Narration, Narrator, chunk_input, narrate
 
 DEFAULT = "assets/default-model"
 
@@ -213,6 +213,33 @@ def test_narrate_appends_the_greedy_caption_as_its_own_tokens(model, seed):
         image = EmbeddingChunk("s", "image", 0.0, 0.0, "", torch.randn(4, dec.cfg.hidden_size))
         assert narrate(s, image, tok, NARRATION) == "" and s.length == before.length
 
+
+
+def test_captions_written_together_equal_captions_written_one_at_a_time(model):
+    """Captions that read their chunk alone are decoded in batches (Narrator.captions): chunks of
+    different lengths and modalities, one the model does not narrate, give the same captions as
+    each written alone, and as narrate() writes after the chunk read alone."""
+    dec, tok = model
+    narrator = Narrator(dec, tok, dataclasses.replace(NARRATION, context="chunk"))
+    g = torch.Generator().manual_seed(3)
+    kinds = [("video", 3), ("audio", 5), ("image", 4), ("audio", 2), ("video", 6)] * 4      # 20: over one batch
+    chunks = [EmbeddingChunk("s", m, k, k + 1.0, f"{m} {k}: ", torch.randn(n, dec.cfg.hidden_size, generator=g), k)
+              for k, (m, n) in enumerate(kinds)]
+    with torch.inference_mode():
+        xs = [chunk_input(c, tok, dec.embed, 27 if c.modality == "audio" else 18) for c in chunks]
+        together = narrator.captions(chunks, xs)
+        alone = [narrator.captions([c], [x])[0] for c, x in zip(chunks, xs)]
+        header = Session(dec)
+        header.prefill(tok.encode(stream_header()))
+        reference = []
+        for c, x in zip(chunks, xs):
+            reader = header.fork()
+            reader.prefill(embeds=x)
+            reference.append(narrate(Session(dec), c, tok, NARRATION, reader) if c.modality != "image" else "")
+    assert together == alone == reference
+    assert [c == "" for c in together] == [m == "image" for m, _ in kinds]
+    assert len(set(together)) > 2
+    assert Narrator(dec, tok, NARRATION).captions(chunks, xs) is None      # context "session": one at a time
 
 def test_narration_config_is_checked():
     assert Narration.from_dict(None) is None

@@ -105,8 +105,8 @@ def narration_accuracy(model_dir: Path, folder: Path, show=None) -> dict:
         with torch.inference_mode():
             session = Session(omni.decoder)
             session.prefill(omni.tokenizer.encode(stream_header()))
-            for c in media_chunks(omni, mp4, evs_rate=0.0):
-                said = omni.read_chunk(session, c)[1]
+            chunks = media_chunks(omni, mp4, evs_rate=0.0)
+            for c, (_, said) in zip(chunks, omni.read_chunks(session, chunks)):
                 gold = chunk_caption(timeline, {"modality": c.modality, "t0": c.t0, "t1": c.t1}, narration)
                 if show is not None:
                     show.write(f"{mp4.stem} {c.modality} {c.t0:.1f}-{c.t1:.1f}\n  gold {gold.strip()}\n  own  {said.strip()}\n")
